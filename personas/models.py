@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,7 @@ def ensure_builtin_converted(name: str) -> Path:
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        print(f"persona-guard: converting {gguf_path.name} to {target} (once, ~20 s)", flush=True)
+        print(f"persona-guard: converting {gguf_path.name} to {target} (once, ~20 s)", file=sys.stderr, flush=True)
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -1,0 +1,89 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from personas.errors import PersonaGuardError
+from personas.models import decoder_layers, final_norm, load_model, unwrap_model
+from tests.conftest import make_tiny_model
+
+
+@pytest.mark.parametrize("arch,path", [("llama", "model.layers"), ("qwen2", "model.layers"), ("gpt2", "transformer.h")])
+def test_layer_discovery(arch, path, tokenizer):
+    model = make_tiny_model(arch, len(tokenizer))
+    layers = decoder_layers(model)
+    assert layers is model.get_submodule(path) and len(layers) == 3
+    assert final_norm(model) is model.get_submodule({"gpt2": "transformer.ln_f"}.get(arch, "model.norm"))
+
+
+def test_layer_discovery_through_peft_and_ddp(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(tiny_llama, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert decoder_layers(peft_model) is tiny_llama.model.layers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(peft_model)
+        assert unwrap_model(ddp) is tiny_llama
+        assert decoder_layers(ddp) is tiny_llama.model.layers
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_layers_path_override_and_unknown_model():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks_a = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+            self.blocks_b = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+
+    odd = Odd()
+    with pytest.raises(PersonaGuardError, match="pass layers_path"):
+        decoder_layers(odd)
+    assert decoder_layers(odd, "blocks_b") is odd.blocks_b
+    with pytest.raises(PersonaGuardError, match="no nn.ModuleList at 'nope'"):
+        decoder_layers(odd, "nope")
+
+
+def test_load_local_dir_and_missing(tmp_path, tokenizer):
+    model = make_tiny_model("qwen2", len(tokenizer))
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    loaded = load_model(str(tmp_path / "tiny"), device="cpu")
+    assert loaded.model.dtype == torch.float32 and not loaded.model.training
+    assert loaded.tokenizer.pad_token is not None
+    with pytest.raises(PersonaGuardError, match="cannot load model"):
+        load_model(str(tmp_path / "nothing-here"), device="cpu")
+    with pytest.raises(PersonaGuardError, match="GGUF file not found"):
+        load_model(str(tmp_path / "x.gguf"), device="cpu")
+
+
+@pytest.mark.smollm
+def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
+    """Two processes converting into an empty cache at once: both succeed, one model dir results,
+    and a third load reuses it without converting."""
+    env = {**os.environ, "PERSONA_GUARD_CACHE": str(tmp_path)}
+    code = ("from personas.models import load_model; m = load_model('smollm2-135m', device='cpu');"
+            "print(type(m.model).__name__, m.model.config.num_hidden_layers)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+        assert out.strip() == "LlamaForCausalLM 30"
+    assert sum("converting" in err for _, err in outputs) == 1
+    model_dir = tmp_path / "models" / "smollm2-135m"
+    assert "quantization_config" not in (model_dir / "config.json").read_text()
+    assert [p.name for p in tmp_path.joinpath("models").iterdir() if not p.name.startswith(".smollm2-135m.lock")] == ["smollm2-135m"]
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    third = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and "converting" not in third.stderr
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp

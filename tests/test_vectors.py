@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from personas.errors import PersonaGuardError
+from personas.vectors import PersonaVector, load_gguf_control_vector, mean_difference
+
+
+def make_vector(layers=4, d=8, default_layer=2):
+    torch.manual_seed(0)
+    return PersonaVector(trait="evil", model_id="tiny", directions=torch.randn(layers + 1, d),
+                         default_layer=default_layer, n_pos=3, n_neg=4, metadata={"note": "x"})
+
+
+def test_save_load_round_trip(tmp_path):
+    vector = make_vector()
+    path = vector.save(tmp_path / "evil")
+    assert path.name == "evil.safetensors"
+    loaded = PersonaVector.load(path)
+    assert torch.equal(loaded.directions, vector.directions)
+    assert loaded.metadata_dict() == vector.metadata_dict()
+    assert (loaded.num_layers, loaded.hidden_size) == (4, 8)
+
+
+def test_no_pickle_and_clear_errors(tmp_path):
+    bad = tmp_path / "plain.safetensors"
+    save_file({"directions": torch.zeros(3, 4)}, str(bad))
+    with pytest.raises(PersonaGuardError, match="has no 'persona_guard' metadata"):
+        PersonaVector.load(bad)
+    with pytest.raises(PersonaGuardError, match="vector file not found"):
+        PersonaVector.load(tmp_path / "missing.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a file")
+    with pytest.raises(PersonaGuardError, match="not a persona-guard vector file"):
+        PersonaVector.load(garbage)
+
+
+def test_import_original_pt_is_weights_only(tmp_path):
+    tensor = torch.randn(5, 8)
+    torch.save(tensor, tmp_path / "evil_response_avg_diff.pt")
+    vector = PersonaVector.load(tmp_path / "evil_response_avg_diff.pt")
+    assert vector.trait == "evil" and torch.equal(vector.directions, tensor)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "payload.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(PersonaGuardError, match="cannot read as a tensor file"):
+        PersonaVector.load(tmp_path / "payload.pt")
+    torch.save(torch.randn(8), tmp_path / "flat.pt")
+    with pytest.raises(PersonaGuardError, match=r"expected a \[layers, hidden\] tensor, got \(8,\)"):
+        PersonaVector.load(tmp_path / "flat.pt")
+
+
+def test_mismatched_model_fails_clearly(tiny_llama):
+    vector = make_vector(layers=3, d=32)
+    with pytest.raises(PersonaGuardError, match="built for hidden size 32 and 3 layers, but model .* has hidden size 64"):
+        vector.check_model(tiny_llama)
+    make_vector(layers=3, d=64).check_model(tiny_llama)
+
+
+def test_projection_and_layers():
+    vector = make_vector()
+    hidden = torch.randn(6, 8)
+    expected = hidden @ (vector.directions[2] / vector.directions[2].norm())
+    torch.testing.assert_close(vector.project(hidden), expected)
+    with pytest.raises(PersonaGuardError, match="layer 7 out of range 0..4"):
+        vector.direction(7)
+    no_default = PersonaVector("t", "m", torch.randn(3, 4))
+    with pytest.raises(PersonaGuardError, match="has no default layer"):
+        no_default.direction()
+
+
+def test_gguf_control_vector_round_trip(tmp_path):
+    import gguf
+
+    vector = make_vector(layers=6)
+    path = vector.export_gguf(tmp_path / "evil.gguf", coef=2.0)
+    reader = gguf.GGUFReader(str(path))
+    fields = {f.name: f for f in reader.fields.values()}
+    assert "controlvector.layer_count" in fields and "controlvector.model_hint" in fields
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "controlvector"
+    names = sorted(t.name for t in reader.tensors)
+    assert names == sorted(f"direction.{l - 1}" for l in range(2, 6))  # llama.cpp block indices
+    back = load_gguf_control_vector(path)
+    for layer, direction in back.items():
+        torch.testing.assert_close(direction, 2.0 * vector.directions[layer])
+    with pytest.raises(PersonaGuardError, match="cannot steer layers below 2"):
+        vector.export_gguf(tmp_path / "x.gguf", layers=[1])
+
+
+def test_mean_difference():
+    pos, neg = torch.ones(3, 2, 4), torch.zeros(5, 2, 4)
+    assert torch.equal(mean_difference(pos, neg), torch.ones(2, 4))
+    with pytest.raises(PersonaGuardError, match="need samples on both sides"):
+        mean_difference(pos, neg[:0])
+
+
+def test_metadata_is_plain_json(tmp_path):
+    from safetensors import safe_open
+
+    path = make_vector().save(tmp_path / "v.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["persona_guard"])
+    assert meta["trait"] == "evil" and meta["default_layer"] == 2 and meta["format_version"] == 1
