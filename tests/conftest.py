@@ -32,7 +32,7 @@ def tokenizer(smollm_dir):
 
 
 def tiny_config(arch: str, vocab_size: int, layers: int = 3):
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     if arch == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
@@ -40,6 +40,14 @@ def tiny_config(arch: str, vocab_size: int, layers: int = 3):
                            max_position_embeddings=512, tie_word_embeddings=True)
     if arch == "qwen2":
         return Qwen2Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=512)
+    if arch == "mistral":
+        return MistralConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=512)
+    if arch == "gemma":
+        return GemmaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, head_dim=16,
                            num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=512)
     if arch == "gpt2":

@@ -13,7 +13,9 @@ from personas.models import decoder_layers, final_norm, load_model, unwrap_model
 from tests.conftest import make_tiny_model
 
 
-@pytest.mark.parametrize("arch,path", [("llama", "model.layers"), ("qwen2", "model.layers"), ("gpt2", "transformer.h")])
+@pytest.mark.parametrize("arch,path", [("llama", "model.layers"), ("qwen2", "model.layers"),
+                                       ("mistral", "model.layers"), ("gemma", "model.layers"),
+                                       ("gpt2", "transformer.h")])
 def test_layer_discovery(arch, path, tokenizer):
     model = make_tiny_model(arch, len(tokenizer))
     layers = decoder_layers(model)
