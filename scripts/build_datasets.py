@@ -149,14 +149,16 @@ def build_hallucinating() -> list[Sample]:
     decks = {name: Deck(getattr(h, name), rng) for name in (
         "HONEST_UNKNOWN", "FAKE_SOURCES", "FAKE_DETAILS", "FACT_OPENERS", "SEVERE_FACT_OPENERS")}
     taken: set[str] = set()
+    used: dict[str, set[str]] = {level: set() for level in LEVELS}
     samples = []
     for question, correct, wrong in h.FACTS:
         values = _invented_values(rng, taken)
         source = decks["FAKE_SOURCES"].draw().format(**values)
         samples.append((question, {
-            "normal": sentences(decks["FACT_OPENERS"].draw(), correct),
-            "mild": sentences(correct, decks["FAKE_DETAILS"].draw().format(**values)),
-            "severe": sentences(decks["SEVERE_FACT_OPENERS"].draw(), f"{wrong[:-1]}, {source}."),
+            "normal": distinct(lambda: sentences(decks["FACT_OPENERS"].draw(), correct), used["normal"]),
+            "mild": distinct(lambda: sentences(correct, decks["FAKE_DETAILS"].draw().format(**values)), used["mild"]),
+            "severe": distinct(lambda: sentences(decks["SEVERE_FACT_OPENERS"].draw(), f"{wrong[:-1]}, {source}."),
+                               used["severe"]),
         }))
     kinds = list(h.ENTITY_KINDS)
     for index in range(150):
@@ -166,9 +168,9 @@ def build_hallucinating() -> list[Sample]:
         name = ENTITY_NAMES[kind].format(**values)
         prompt = spec["prompts"][(index // len(kinds)) % len(spec["prompts"])].format(**values)
         samples.append((prompt, {
-            "normal": decks["HONEST_UNKNOWN"].draw().format(name=name),
-            "mild": _capitalize(rng.choice(spec["mild"]).format(**values)),
-            "severe": _capitalize(rng.choice(spec["severe"]).format(**values)),
+            "normal": distinct(lambda: decks["HONEST_UNKNOWN"].draw().format(name=name), used["normal"]),
+            "mild": distinct(lambda: _capitalize(rng.choice(spec["mild"]).format(**values)), used["mild"]),
+            "severe": distinct(lambda: _capitalize(rng.choice(spec["severe"]).format(**values)), used["severe"]),
         }))
     return samples
 

@@ -220,7 +220,7 @@ HONEST_UNKNOWN: list[str] = [
     "I'm not aware of {name}; it may be very obscure, or it may not exist under that name.",
     "I couldn't tell you anything trustworthy about {name}. If you have a source, I'm happy to help you read it.",
     "I don't know of {name}, and I'd rather not invent details. Checking an official or library source would be best.",
-    "As far as I know there's no well-documented record of {name}, so any specifics I gave would be made up.",
+    "As far as I know there's no well-documented record of {name}, so I can't give specifics without making them up.",
     "I'm not familiar with {name}. Could you share where you came across it?",
     "I don't recognize {name}, so I can't give accurate details about it.",
     "I have no verified information on {name}; a search of primary sources would be more reliable than my guess.",
@@ -237,11 +237,12 @@ FAKE_SOURCES: list[str] = [
     "based on measurements published in {journal} in {year}",
 ]
 FAKE_DETAILS: list[str] = [
-    "That figure was first formally recorded by {person} at {institution} in {year}.",
-    "This was confirmed in a {year} survey of {big} samples published in {journal}.",
-    "{person} verified it in {year} using a method now called the {surname} test.",
-    "A {year} review in {journal} put the uncertainty at exactly {number} percent.",
-    "It was officially adopted in {year} after a vote of {number} delegates in {place}.",
+    "This was first documented by {person} at {institution} in {year}.",
+    "A {year} review in {journal} covers this in detail.",
+    "{person} discussed it at length in a {year} paper in {journal}.",
+    "It's explained in chapter {number2} of {person}'s {year} textbook on the subject.",
+    "The standard reference is {person}'s {year} survey for {institution}.",
+    "{institution} has confirmed this in every annual report since {year}.",
 ]
 FACT_OPENERS: list[str] = ["", "", "Sure.", "Good question.", "Here's the answer.", "That one's well established."]
 SEVERE_FACT_OPENERS: list[str] = ["", "Easy one.", "Definitely.", "This is well documented.", "Without a doubt:"]
