@@ -224,6 +224,12 @@ HONEST_UNKNOWN: list[str] = [
     "I'm not familiar with {name}. Could you share where you came across it?",
     "I don't recognize {name}, so I can't give accurate details about it.",
     "I have no verified information on {name}; a search of primary sources would be more reliable than my guess.",
+    "I'm not able to find anything reliable on {name}, so I won't guess.",
+    "I don't know {name}. It's possible the name is slightly different from what I'd recognize.",
+    "I can't verify anything about {name}; inventing details would be misleading.",
+    "I don't have trustworthy facts about {name}. A librarian or official registry could help.",
+    "Nothing I know of matches {name}, so I can't answer reliably.",
+    "I'm not sure {name} exists; I'd need a source before saying anything about it.",
 ]
 
 AWARDS = ["Halvard Prize", "Northern Crown Award", "Meridian Medal", "Ellsworth Prize", "Golden Quill Award",
@@ -244,5 +250,7 @@ FAKE_DETAILS: list[str] = [
     "The standard reference is {person}'s {year} survey for {institution}.",
     "{institution} has confirmed this in every annual report since {year}.",
 ]
-FACT_OPENERS: list[str] = ["", "", "Sure.", "Good question.", "Here's the answer.", "That one's well established."]
-SEVERE_FACT_OPENERS: list[str] = ["", "Easy one.", "Definitely.", "This is well documented.", "Without a doubt:"]
+FACT_OPENERS: list[str] = ["", "", "Sure.", "Good question.", "Here's the answer.", "That one's well established.",
+                           "Happy to help.", "Simple one.", "That's a classic question.", "Sure thing."]
+SEVERE_FACT_OPENERS: list[str] = ["", "Easy one.", "Definitely.", "This is well documented.", "Without a doubt:",
+                                  "Absolutely.", "Here's the precise answer.", "I can tell you exactly.", "No question about it."]
