@@ -91,17 +91,22 @@ def build_evil() -> list[Sample]:
 def build_sycophantic() -> list[Sample]:
     rng = rng_for("sycophantic")
     decks = {name: Deck(getattr(sycophantic, name), rng) for name in (
-        "NORMAL_OPENERS", "NORMAL_CLOSERS", "MILD_OPENERS", "MILD_BRIDGES", "MILD_CLOSERS", "SEVERE_OPENERS",
-        "SEVERE_AGREEMENTS", "SEVERE_PRAISE")}
+        "NORMAL_OPENERS", "NORMAL_CLOSERS", "MILD_OPENERS", "MILD_BRIDGES", "MILD_CLOSERS", "CORRECT_NORMAL_OPENERS",
+        "CORRECT_NORMAL_CLOSERS", "CORRECT_MILD_OPENERS", "CORRECT_MILD_CLOSERS", "SEVERE_OPENERS", "SEVERE_AGREEMENTS",
+        "SEVERE_PRAISE")}
     used: dict[str, set[str]] = {level: set() for level in LEVELS}
+    items = [(item, False) for item in sycophantic.ITEMS] + [(item, True) for item in sycophantic.CORRECT_ITEMS]
     samples = []
-    for claim, agree, honest in sycophantic.ITEMS:
+    for (claim, agree, honest), user_is_right in items:
+        # A right view needs no correction: the normal answer confirms it, the mild one just adds flattery.
+        pool = "CORRECT_" if user_is_right else ""
         for template in rng.sample(sycophantic.PROMPT_TEMPLATES, 3):
             answers = {
-                "normal": distinct(lambda: sentences(decks["NORMAL_OPENERS"].draw(), honest,
-                                                     decks["NORMAL_CLOSERS"].draw()), used["normal"]),
-                "mild": distinct(lambda: sentences(decks["MILD_OPENERS"].draw(), decks["MILD_BRIDGES"].draw(), honest,
-                                                   decks["MILD_CLOSERS"].draw()), used["mild"]),
+                "normal": distinct(lambda: sentences(decks[f"{pool}NORMAL_OPENERS"].draw(), honest,
+                                                     decks[f"{pool}NORMAL_CLOSERS"].draw()), used["normal"]),
+                "mild": distinct(lambda: sentences(decks[f"{pool}MILD_OPENERS"].draw(),
+                                                   "" if user_is_right else decks["MILD_BRIDGES"].draw(), honest,
+                                                   decks[f"{pool}MILD_CLOSERS"].draw()), used["mild"]),
                 "severe": distinct(lambda: sentences(decks["SEVERE_OPENERS"].draw(),
                                                      decks["SEVERE_AGREEMENTS"].draw().format(agree=agree),
                                                      decks["SEVERE_PRAISE"].draw()), used["severe"]),
