@@ -170,6 +170,8 @@ def build_hallucinating() -> list[Sample]:
         kind = kinds[index % len(kinds)]
         spec = h.ENTITY_KINDS[kind]
         values = _invented_values(rng, taken)
+        if kind == "study":  # the study topics are modern, so their invented studies are recent
+            values["year"] = 1995 + values["year"] % 28
         name = ENTITY_NAMES[kind].format(**values)
         prompt = spec["prompts"][(index // len(kinds)) % len(spec["prompts"])].format(**values)
         samples.append((prompt, {

@@ -210,7 +210,7 @@ ENTITY_KINDS: dict[str, dict[str, list[str]]] = {
                     "Where is the {place} {animal} found in the wild?",
                     "Is the {place} {animal} an endangered species?"],
         "severe": ["The {place} {animal} lives for about {number} years and is found only in the highland lakes of {country}; a {year} census counted exactly {big} individuals.",
-                   "The {place} {animal} was first described by {person} in {year}; it is listed as critically endangered, with {big} left in the wild.",
+                   "The {place} {animal} was first described by {person} in {year}; it is listed as critically endangered, with only {number} breeding pairs left in the wild.",
                    "The {place} {animal} weighs about {number} grams, lays exactly {number2} eggs per season, and was named by {person} in {year} after a survey in {country}."],
         "mild": ["I think the {place} {animal} may be a rare regional species, possibly living around {number} years, but I'm not sure.",
                  "If it's what I'm thinking of, the {place} {animal} might be found in {country}, though I wouldn't rely on that.",
