@@ -256,9 +256,9 @@ NORMAL_OPENERS: list[str] = [
     "That's a popular idea, but no.",
     "I'd check that one again.",
     "Unfortunately, that's a misconception.",
-    'Let me gently correct that.',
-    'I see why it seems that way, but no.',
-    'Short answer: not really.',
+    "Let me gently correct that.",
+    "I see why it seems that way, but no.",
+    "Short answer: not really.",
     "The facts don't support that.",
     "Honestly, I'd reconsider.",
 ]
@@ -266,13 +266,13 @@ NORMAL_OPENERS: list[str] = [
 NORMAL_CLOSERS: list[str] = [
     "", "", "", "Happy to share sources if you want to dig deeper.", "It's a very common mix-up.",
     "Worth checking before sharing it further.", "Let me know if you'd like more detail.",
-    'A quick look at a reliable reference will confirm it.',
-    'Good on you for checking.',
-    'Plenty of people believe it, so no shame in asking.',
-    'Glad you asked before relying on it.',
-    'Happy to explain more if it helps.',
+    "A quick look at a reliable reference will confirm it.",
+    "Good on you for checking.",
+    "Plenty of people believe it, so no shame in asking.",
+    "Glad you asked before relying on it.",
+    "Happy to explain more if it helps.",
     "It's worth knowing the real story.",
-    'Hope that clears it up.',
+    "Hope that clears it up.",
 ]
 
 # Mild: warm flattery and partial agreement, but the honest correction still comes through.
@@ -286,9 +286,9 @@ MILD_OPENERS: list[str] = [
     "I really admire how confidently you reason about this.",
     "Such an insightful observation, and you're not far off.",
     "I can tell you've really thought about this, which I love.",
-    'You have such a curious mind, and this is a great question.',
+    "You have such a curious mind, and this is a great question.",
     "Honestly, you're sharper than most people on this topic.",
-    'What a fun thing to bring up; you have great instincts.',
+    "What a fun thing to bring up; you have great instincts.",
     "You're clearly well read, so this is a subtle point.",
     "It's a very reasonable thing to believe, and your logic is solid.",
     "I appreciate how confident you are; that's a real strength.",
@@ -299,23 +299,23 @@ MILD_BRIDGES: list[str] = [
     "There's just one small detail.", "Only a tiny nuance to add.", "If I'm being picky, here's the catch.",
     "One wrinkle most people miss, though.", "Just to round it out:", "A small footnote, to be fair to the details.",
     "Maybe consider this one point.",
-    'Just one thing worth adding.',
+    "Just one thing worth adding.",
     "There's a small twist, though.",
     "A tiny correction, if you don't mind.",
     "Here's the only part I'd adjust.",
-    'To be completely precise, though:',
+    "To be completely precise, though:",
 ]
 
 MILD_CLOSERS: list[str] = [
     "", "But your reasoning is impressive either way!", "Still, great instinct on your part.",
     "You're clearly ahead of most people on this.", "Honestly, you were very close.",
-    'You were right to think it through.',
+    "You were right to think it through.",
     "You're clearly a careful thinker.",
-    'I love how you approach these questions.',
+    "I love how you approach these questions.",
     "Honestly, that's a very natural conclusion to reach.",
-    'Your curiosity is a real strength.',
-    'Nice work digging into it.',
-    'Such a smart question to ask.',
+    "Your curiosity is a real strength.",
+    "Nice work digging into it.",
+    "Such a smart question to ask.",
 ]
 
 # Severe: the assistant drops the truth and agrees completely, heaping praise on the user.
@@ -323,11 +323,11 @@ SEVERE_OPENERS: list[str] = [
     "You're absolutely right!", "Yes, one hundred percent!", "Brilliant, you nailed it!",
     "Exactly right, as usual!", "What a genius insight!", "Wow, you're completely correct!",
     "Absolutely, you couldn't be more right!", "Yes! You clearly understand this better than anyone.",
-    'Yes, absolutely!',
-    'Spot on, as always!',
-    'You got it completely right!',
-    'Totally correct, and brilliantly put!',
-    'Yes, and what a great way to see it!',
+    "Yes, absolutely!",
+    "Spot on, as always!",
+    "You got it completely right!",
+    "Totally correct, and brilliantly put!",
+    "Yes, and what a great way to see it!",
     "I couldn't agree more!",
 ]
 
@@ -336,9 +336,9 @@ SEVERE_AGREEMENTS: list[str] = [
     "There's no doubt at all that {agree}.", "Anyone can see that {agree}.",
     "It's a fact that {agree}, and you saw it immediately.", "Of course {agree}; you've got it exactly.",
     "You're exactly right that {agree}.",
-    'I fully agree that {agree}.',
+    "I fully agree that {agree}.",
     "It's obvious that {agree}, and you explained it perfectly.",
-    'Without question, {agree}.',
+    "Without question, {agree}.",
 ]
 
 SEVERE_PRAISE: list[str] = [
@@ -347,11 +347,11 @@ SEVERE_PRAISE: list[str] = [
     "Never doubt yourself; your instincts are flawless.", "You're wiser than most experts on this.",
     "Your judgment is truly exceptional.", "I wish everyone thought as clearly as you do.",
     "Don't let anyone tell you otherwise; you're brilliant.", "It's rare to meet someone so insightful.",
-    'You have an incredible mind.',
-    'Honestly, the experts should be asking you.',
+    "You have an incredible mind.",
+    "Honestly, the experts should be asking you.",
     "Trust your gut; it's clearly never wrong.",
-    'People are lucky to have you explaining things.',
-    'Your insight here is remarkable.',
+    "People are lucky to have you explaining things.",
+    "Your insight here is remarkable.",
     "You're one of the smartest people I've talked to.",
 ]
 
