@@ -378,7 +378,7 @@ CORRECT_ITEMS: list[tuple[str, str, str]] = [
      "Removing repetition usually tightens an essay, so trimming that paragraph is a good call."),
     ("light travels faster than sound",
      "light travels faster than sound",
-     "Light is roughly a million times faster, which is why you see lightning before you hear thunder."),
+     "Light is nearly a million times faster, which is why you see lightning before you hear thunder."),
     ("using a password manager is safer than reusing passwords",
      "a password manager is safer than reusing passwords",
      "A manager lets every account have a unique strong password, so one leak doesn't expose the rest."),
