@@ -1,7 +1,8 @@
 """How cleanly each bundled trait's exemplars separate, as seen by a small sentence encoder.
 
 Fits a logistic regression on the embeddings of the extraction-question exemplars (pos vs neg)
-and reports accuracy on the held-out eval-question exemplars. Low accuracy means the pos/neg
+and reports accuracy on the held-out eval-question exemplars, plus the paired rate (how often
+the pos answer to a held-out question scores above the neg answer to the same question). Low accuracy means the pos/neg
 answers differ in something other than the trait (or barely differ), which hurts the offline
 judge and teacher-forced vectors. Run: ``python benchmarks/trait_exemplar_separability.py``.
 """
@@ -41,7 +42,7 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
     model = AutoModel.from_pretrained(encoder_dir()).eval()
-    print(f"{'trait':<16}{'train':>6}{'test':>6}{'held-out acc':>14}  misclassified")
+    print(f"{'trait':<16}{'train':>6}{'test':>6}{'held-out acc':>14}{'paired':>8}  misclassified")
     for name in args.traits or bundled_trait_names():
         trait = load_trait(name)
         train, test = trait.extraction_exemplars(), trait.heldout_exemplars()
@@ -51,8 +52,10 @@ def main() -> None:
         y_test = np.array([1] * len(test) + [0] * len(test))
         classifier = LogisticRegression(C=10.0, max_iter=2000).fit(x_train, y_train)
         predicted = classifier.predict(x_test)
+        score = classifier.decision_function(x_test)
+        paired = (score[: len(test)] > score[len(test):]).mean()
         wrong = [f"{'pos' if y else 'neg'}#{i % len(test)}" for i, (y, p) in enumerate(zip(y_test, predicted)) if y != p]
-        print(f"{trait.name:<16}{len(y_train):>6}{len(y_test):>6}{(predicted == y_test).mean():>14.3f}  {' '.join(wrong)}")
+        print(f"{trait.name:<16}{len(y_train):>6}{len(y_test):>6}{(predicted == y_test).mean():>14.3f}{paired:>8.3f}  {' '.join(wrong)}")
 
 
 if __name__ == "__main__":
