@@ -10,8 +10,9 @@ from personas.errors import PersonaGuardError
 from personas.traits import Trait, bundled_trait_names, load_reference_trait, load_trait
 
 
-def _one_line(text: str, width: int) -> str:
+def _first_sentence(text: str, width: int = 80) -> str:
     line = " ".join(text.split())
+    line = line.split(". ", 1)[0].rstrip(".") + "."
     return line if len(line) <= width else line[: width - 3].rstrip() + "..."
 
 
@@ -27,7 +28,7 @@ def run_list(args) -> int:
     for trait in traits:
         print(f"{trait.name:<{name_width}}  {trait.antonym:<{antonym_width}}  "
               f"{len(trait.extraction_questions):>7}  {len(trait.eval_questions):>4}  "
-              f"{len(trait.exemplars):>9}  {_one_line(trait.description, 70)}")
+              f"{len(trait.exemplars):>9}  {_first_sentence(trait.description)}")
     return 0
 
 
