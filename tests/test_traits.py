@@ -292,3 +292,29 @@ def test_cli_validate_and_import_reference(tmp_path):
     trait = load_trait(out)
     assert trait == load_reference_trait(extract, evaluation, antonym="truthful")
     assert trait.instructions[0].neg.startswith("You are a truthful assistant.")
+
+
+# ---------------------------------------------------------------- exemplars on the real model
+
+@pytest.mark.smollm
+def test_teacher_forced_vector_separates_heldout_exemplars(smollm):
+    """A vector built from the extraction exemplars (teacher forcing, no generation) ranks each
+    held-out pos answer above the neg answer to the same question."""
+    from personas.activations import capture_activations
+    from personas.encoding import encode_chat
+    from personas.vectors import mean_difference
+
+    trait, layer = load_trait("evil"), 15
+    tokenizer = smollm.tokenizer
+
+    def activations(exemplars, side):
+        samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], getattr(e, side))
+                   for e in exemplars]
+        return capture_activations(smollm.model, samples, [layer], pad_token_id=tokenizer.pad_token_id,
+                                   progress=False)["response_mean"][:, 0]
+
+    train, heldout = trait.extraction_exemplars(), trait.heldout_exemplars()
+    direction = mean_difference(activations(train, "pos")[:, None], activations(train, "neg")[:, None])[0]
+    unit = direction / direction.norm()
+    pos_scores, neg_scores = activations(heldout, "pos") @ unit, activations(heldout, "neg") @ unit
+    assert (pos_scores > neg_scores).float().mean() >= 0.9
