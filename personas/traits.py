@@ -70,8 +70,11 @@ class Trait:
         return [e for e in self.exemplars if e.question in questions]
 
     def to_dict(self) -> dict:
+        """The file representation: plain dicts and lists, so ``trait_from_dict`` accepts it back."""
         data = asdict(self)
         data.pop("source")
+        for key in ("instructions", "extraction_questions", "eval_questions", "exemplars"):
+            data[key] = list(data[key])
         return {"schema_version": data.pop("schema_version"), **data}
 
     def save(self, path: str | Path) -> Path:
