@@ -89,18 +89,25 @@ class TraitDriftCallback(TrainerCallback):
                 metrics[f"trait/{name}/{reduction}"] = round(float(projection.mean()), 4)
         return metrics
 
-    def _log(self, model, state) -> None:
+    def _log(self, model, control) -> None:
+        from transformers import Trainer
+
         if self.trainer is None:
             raise PersonaGuardError(
                 "TraitDriftCallback is not bound to a trainer: call callback.bind(trainer) "
                 "instead of passing it in callbacks=[...]")
         # Every rank runs the probe (sharded models need all ranks in the forward); the Trainer's
-        # reporters only write on the main process.
-        self.trainer.log(self.measure(model, self.tokenizer))
+        # reporters only write on the main process. Two details of Trainer.log matter here:
+        # its on_log clears control.should_log, which would swallow the loss row due at this
+        # step, so the flag is restored; and SFTTrainer.log folds its running token metrics
+        # into whatever is logged, so the base method is called to leave those on the loss row.
+        should_log = control.should_log
+        Trainer.log(self.trainer, self.measure(model, self.tokenizer))
+        control.should_log = should_log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._log(model, state)
+        self._log(model, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_steps == 0:
-            self._log(model, state)
+            self._log(model, control)
