@@ -14,12 +14,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from personas.errors import PersonaGuardError
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; recipes and overrides mean a float."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
+
 
 SECTIONS = ("model", "data", "peft", "steering", "drift", "wandb", "training")
 BUNDLED_PREFIX = "bundled:"
@@ -121,7 +136,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if parts[0] not in SECTIONS or (len(parts) == 1 and parts[0] in ("model", "data", "training")):
         raise PersonaGuardError(
             f"override {text!r}: key must start with one of {', '.join(SECTIONS)} (e.g. --training.learning_rate=1e-4)")
-    return parts, yaml.safe_load(value) if value != "" else None
+    return parts, parse_yaml(value) if value != "" else None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -194,7 +209,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not path.is_file():
         raise PersonaGuardError(f"recipe not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise PersonaGuardError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
     return recipe_from_dict(apply_overrides(raw, list(overrides)), str(path))
