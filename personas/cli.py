@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "personas.commands.steer",
     "personas.commands.monitor",
     "personas.commands.train",
+    "personas.commands.evaluate",
 )
 
 
