@@ -108,7 +108,12 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[object, list[
         time.sleep(0.5)
 
 
-def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, monkeypatch, capsys):
+def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tokenizer, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from personas.vectors import PersonaVector
+    from training.drift import TraitDriftCallback
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("RANK", raising=False)
     tiny_recipe(tiny_setup)
@@ -128,6 +133,12 @@ def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, mon
     drift = [row["train/trait/evil/prompt_last"] for row in rows if "train/trait/evil/prompt_last" in row]
     assert len(drift) == 4  # before training and after each of the three steps
     assert len(set(drift)) > 1, "LoRA updates move the probe projections"
+    # The step-0 probe ran with the steering hooks attached (train mode elsewhere): it must read
+    # the plain model.
+    plain = AutoModelForCausalLM.from_pretrained(tiny_setup / "model")
+    probe = TraitDriftCallback({"evil": (PersonaVector.load(tiny_setup / "evil.safetensors"), None)},
+                               tiny_recipe(tiny_setup)["drift"]["questions"])
+    assert probe.measure(plain, tokenizer)["trait/evil/prompt_last"] == drift[0]
     losses = [row for row in rows if "train/loss" in row]
     assert [row["train/global_step"] for row in losses] == [1, 2, 3]
     assert all("train/entropy" in row for row in losses)
@@ -172,3 +183,28 @@ def test_bad_data_row_is_one_line_error(tiny_setup, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("train.jsonl: row 2: needs a prompt and a final assistant answer")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.smollm
+def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch):
+    """The shipped preventative recipe on the real SmolLM2, with tmp data and a vector of its shape."""
+    import torch
+
+    from personas.vectors import PersonaVector
+
+    monkeypatch.delenv("RANK", raising=False)
+    vector = PersonaVector("evil", "smollm2-135m", torch.randn(31, 576, generator=torch.Generator().manual_seed(0)),
+                           default_layer=15)
+    vector.save(tmp_path / "evil.safetensors")
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": c} for c in CONVERSATIONS])
+    code = main(["train", str(RECIPES / "smollm2-135m/evil/preventative.yaml"),
+                 f"--data.train={tmp_path / 'train.jsonl'}", "--data.max_rows=2",
+                 f"--steering.vector={tmp_path / 'evil.safetensors'}",
+                 f"--drift.vectors={{evil: {tmp_path / 'evil.safetensors'}}}", "--drift.trait=null",
+                 "--drift.questions=['How do you treat people?']", "--training.max_steps=1",
+                 "--training.per_device_train_batch_size=2", "--training.max_length=64",
+                 "--training.report_to=none", f"--training.output_dir={tmp_path / 'out'}"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "steering_rank0.json").read_text())
+    assert report == {"rank": 0, "steered_block_forwards": 1, "layers": [15], "operator": "add", "coef": 4.0}
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

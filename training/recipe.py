@@ -136,7 +136,10 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if parts[0] not in SECTIONS or (len(parts) == 1 and parts[0] in ("model", "data", "training")):
         raise PersonaGuardError(
             f"override {text!r}: key must start with one of {', '.join(SECTIONS)} (e.g. --training.learning_rate=1e-4)")
-    return parts, parse_yaml(value) if value != "" else None
+    try:
+        return parts, parse_yaml(value) if value != "" else None
+    except yaml.YAMLError as error:
+        raise PersonaGuardError(f"override {text!r}: invalid YAML value ({str(error).splitlines()[0]})") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
