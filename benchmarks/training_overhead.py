@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10, help="steered/plain step pairs (after one warm-up pair)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from peft import LoraConfig, get_peft_model
 
@@ -89,6 +92,20 @@ def main() -> None:
             if round_index > 0:  # the first pair warms up allocators and kernels
                 times[arm].append(elapsed)
 
+    # The same edit in isolation: forward + backward of what one steered layer adds, on a tensor
+    # of the residual stream's shape. Far less sensitive to a busy machine than the A/B above.
+    from personas.steering import steering_delta
+
+    hidden = torch.randn(args.batch_size, args.seq_len, config.hidden_size, device=device, requires_grad=True)
+    direction = directions[args.layers[0]].to(device)
+    repeats = 50
+    start = clock()
+    for _ in range(repeats):
+        (hidden + steering_delta(hidden, direction, args.coef, args.operator)).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    hook_cost = (clock() - start) / repeats * len(args.layers)
+
     plain = statistics.median(times["plain"])
     steered = statistics.median(times["steered"])
     paired = statistics.median(s - p for s, p in zip(times["steered"], times["plain"]))
@@ -101,6 +118,8 @@ def main() -> None:
     print(f"steered step  median {steered:.3f} s  ({tokens / steered:.0f} tok/s)")
     print(f"overhead      {100 * paired / plain:+.2f} % (median paired difference {1000 * paired:+.1f} ms; "
           f"target <= 2 %)")
+    print(f"hook alone    {1000 * hook_cost:.2f} ms per step = {100 * hook_cost / plain:.2f} % of the plain step "
+          f"(upper bound: the timing includes a sum and its backward)")
 
 
 if __name__ == "__main__":

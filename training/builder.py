@@ -12,7 +12,7 @@ import torch
 from personas.errors import PersonaGuardError
 from personas.vectors import PersonaVector
 from training.drift import TraitDriftCallback
-from training.recipe import Recipe, load_sft_dataset
+from training.recipe import Recipe, WandbSettings, load_sft_dataset
 from training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
 
 
@@ -37,10 +37,10 @@ def load_vector(path: str, where: str) -> PersonaVector:
     return PersonaVector.load(path)
 
 
-def report_targets(training: dict) -> list[str]:
-    report_to = training.get("report_to", "none")
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    return [t for t in targets if t != "none"]
+def reports_to_wandb(args) -> bool:
+    """Whether the Trainer will report to W&B (``report_to`` is a list once TrainingArguments resolved it)."""
+    report_to = args.report_to
+    return "wandb" in ([report_to] if isinstance(report_to, str) else list(report_to or []))
 
 
 def steering_callback(recipe: Recipe) -> PreventativeSteeringCallback | None:
@@ -81,7 +81,7 @@ def init_wandb(recipe: Recipe, output_dir: str) -> None:
         return
     import wandb
 
-    settings = recipe.wandb
+    settings = recipe.wandb or WandbSettings()
     run = wandb.init(project=settings.project, name=settings.run_name, tags=list(settings.tags),
                      config={"persona_guard_recipe": recipe.to_dict(), "recipe_path": recipe.path},
                      dir=output_dir)
@@ -128,7 +128,7 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         target = settings.target_modules if isinstance(settings.target_modules, str) else list(settings.target_modules)
         peft_config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, use_rslora=settings.use_rslora,
                                  lora_dropout=settings.lora_dropout, target_modules=target, task_type="CAUSAL_LM")
-    if "wandb" in report_targets(training):
+    if reports_to_wandb(args):
         init_wandb(recipe, output_dir)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=loaded.tokenizer, peft_config=peft_config,

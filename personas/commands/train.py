@@ -14,7 +14,7 @@ import yaml
 
 
 def run(args) -> int:
-    from training.builder import build_training_run, write_rank_report
+    from training.builder import build_training_run, reports_to_wandb, write_rank_report
     from training.recipe import load_recipe
     from training.steering_callback import train_with_cleanup
 
@@ -33,7 +33,7 @@ def run(args) -> int:
         if recipe.steering is not None:
             shutil.copy(recipe.steering.vector, output_dir / "steering_vector.safetensors")
         print(f"persona-guard train: saved to {output_dir}")
-    if recipe.wandb is not None:
+    if reports_to_wandb(trainer.args):
         import wandb
 
         if wandb.run is not None:
