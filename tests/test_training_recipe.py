@@ -200,8 +200,7 @@ def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch
     code = main(["train", str(RECIPES / "smollm2-135m/evil/preventative.yaml"),
                  f"--data.train={tmp_path / 'train.jsonl'}", "--data.max_rows=2",
                  f"--steering.vector={tmp_path / 'evil.safetensors'}",
-                 f"--drift.vectors={{evil: {tmp_path / 'evil.safetensors'}}}", "--drift.trait=null",
-                 "--drift.questions=['How do you treat people?']", "--training.max_steps=1",
+                 "--drift=null", "--training.max_steps=1",
                  "--training.per_device_train_batch_size=2", "--training.max_length=64",
                  "--training.report_to=none", f"--training.output_dir={tmp_path / 'out'}"])
     assert code == 0
