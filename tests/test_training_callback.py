@@ -246,3 +246,30 @@ def test_linear_warmup_schedule_reaches_coef(tokenizer, tmp_path):
                           per_device_train_batch_size=2)
     trainer.train()
     assert seen == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_response_positions_steer_exactly_the_tokens_with_loss(tokenizer, tmp_path, packing):
+    model = make_tiny_model("llama", len(tokenizer))
+    vector = tiny_vector(model, scale=3.0)
+    trainer = sft_trainer(model, tokenizer, tmp_path, dataset=chat_dataset(repeat=1).select(range(4)),
+                          packing=packing, max_length=512)
+    batch = next(iter(trainer.get_train_dataloader()))
+    outputs = []
+    probe = decoder_layers(model)[1].register_forward_hook(
+        lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+    try:
+        batch_losses(trainer, model, [batch])
+        with PreventativeSteeringCallback(vector, layers=2, coef=4.0, positions="response") as callback:
+            callback.attach(model)
+            decoder_layers(model)[1]._forward_hooks.move_to_end(probe.id)
+            batch_losses(trainer, model, [batch])
+    finally:
+        probe.remove()
+    added = outputs[1] - outputs[0]
+    has_loss = batch["labels"] != -100
+    assert 0 < int(has_loss.sum()) < has_loss.numel()
+    expected = 4.0 * vector.direction(2)
+    assert torch.allclose(added[has_loss], expected.expand(int(has_loss.sum()), -1), atol=1e-4)
+    assert added[~has_loss].abs().max() < 1e-5
+    assert layer_hook_count(model) == 0

@@ -51,7 +51,8 @@ def steering_callback(recipe: Recipe) -> PreventativeSteeringCallback | None:
     schedule = CoefficientSchedule(settings.coef, settings.schedule, settings.warmup_steps, settings.warmup_ratio)
     return PreventativeSteeringCallback(vector, layers=settings.layers, coef=settings.coef,
                                         operator=settings.operator, multi_layer=settings.multi_layer,
-                                        schedule=schedule, layers_path=recipe.model.layers_path)
+                                        schedule=schedule, positions=settings.positions,
+                                        layers_path=recipe.model.layers_path)
 
 
 def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:

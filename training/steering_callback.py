@@ -24,11 +24,13 @@ from torch import nn
 from transformers import TrainerCallback
 
 from personas.errors import PersonaGuardError
-from personas.models import decoder_layers, model_device
+from personas.models import decoder_layers, model_device, unwrap_model
 from personas.steering import OPERATORS, Operator, Steering
 from personas.vectors import PersonaVector
 
 MultiLayerMode = Literal["incremental", "independent"]
+TrainingPositions = Literal["all", "response"]
+TRAINING_POSITIONS = ("all", "response")
 MULTI_LAYER_MODES = ("incremental", "independent")
 SCHEDULES = ("constant", "linear_warmup")
 
@@ -86,18 +88,25 @@ class PreventativeSteeringCallback(TrainerCallback):
     ``layers``: one layer or several; with several, ``multi_layer="incremental"`` (default) adds
     ``coef * (v[l] - v[l_prev])`` so each depth carries ``coef * v[l]``, ``"independent"`` adds
     ``coef * v[l]`` at each layer. ``ablate`` always removes each layer's own direction.
+
+    ``positions="response"`` steers only the tokens that carry loss (``labels != -100``: the
+    completion, with TRL's completion-only loss), read from each training batch; it needs no prompt
+    length, so packed / padding-free batches work. ``"all"`` (the paper's setting) steers every token.
     """
 
     def __init__(self, vector: PersonaVector, *, layers: int | Sequence[int] | None = None,
                  coef: float = 5.0, operator: Operator = "add",
                  multi_layer: MultiLayerMode = "incremental",
                  schedule: CoefficientSchedule | Callable[[int, int], float] | None = None,
-                 layers_path: str | None = None) -> None:
+                 positions: TrainingPositions = "all", layers_path: str | None = None) -> None:
         if operator not in OPERATORS:
             raise PersonaGuardError(f"unknown operator {operator!r}; choose from {', '.join(OPERATORS)}")
         if multi_layer not in MULTI_LAYER_MODES:
             raise PersonaGuardError(
                 f"unknown multi_layer mode {multi_layer!r}; choose from {', '.join(MULTI_LAYER_MODES)}")
+        if positions not in TRAINING_POSITIONS:
+            raise PersonaGuardError(
+                f"unknown positions {positions!r}; choose from {', '.join(TRAINING_POSITIONS)}")
         layer_list = [vector.resolve_layer(None)] if layers is None else (
             [layers] if isinstance(layers, int) else list(layers))
         if not layer_list:
@@ -109,12 +118,13 @@ class PreventativeSteeringCallback(TrainerCallback):
         self.operator = operator
         self.multi_layer = multi_layer
         self.schedule = schedule or CoefficientSchedule(coef)
+        self.positions = positions
         self.layers_path = layers_path
         self.steering: Steering | None = None
         #: Forward passes of decoder blocks that were steered (all steered layers counted); lets
         #: tests and multi-process runs confirm that steering really happened on this rank.
         self.steered_calls = 0
-        self._count_handles: list = []
+        self._extra_handles: list = []
 
     def directions(self) -> dict[int, torch.Tensor]:
         """What each steered layer adds (or ablates), before the coefficient."""
@@ -133,11 +143,26 @@ class PreventativeSteeringCallback(TrainerCallback):
         device = model_device(model)
         directions = {layer: v.to(device) for layer, v in self.directions().items()}
         self.steering = Steering(model, directions, coef=self.schedule(step, max_steps),
-                                 operator=self.operator, only_in_training=True,
+                                 operator=self.operator, positions=self.positions, only_in_training=True,
                                  layers_path=self.layers_path).attach()
+        if self.positions == "response":
+            self._extra_handles.append(unwrap_model(model).register_forward_pre_hook(
+                self._read_labels, with_kwargs=True))
         blocks = decoder_layers(model, self.layers_path)
         for layer in self.layers:
-            self._count_handles.append(blocks[layer - 1].register_forward_hook(self._count))
+            self._extra_handles.append(blocks[layer - 1].register_forward_hook(self._count))
+
+    def _read_labels(self, module: nn.Module, args, kwargs) -> None:
+        # Runs before every forward of the causal LM; the mask stays set through the backward
+        # pass, so checkpoint recomputation sees the same positions.
+        if not module.training:
+            return
+        labels = kwargs.get("labels")
+        if labels is None:
+            raise PersonaGuardError(
+                "preventative steering with positions='response' needs labels in the training batch "
+                "(tokens with labels != -100 are steered); use positions='all' otherwise")
+        self.steering.set_response_mask(labels != -100)
 
     def _count(self, module: nn.Module, args, output) -> None:
         if module.training:
@@ -148,9 +173,9 @@ class PreventativeSteeringCallback(TrainerCallback):
         if self.steering is not None:
             self.steering.detach()
             self.steering = None
-        for handle in self._count_handles:
+        for handle in self._extra_handles:
             handle.remove()
-        self._count_handles = []
+        self._extra_handles = []
 
     @property
     def coef(self) -> float:
