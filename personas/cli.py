@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "personas.commands.steer",
     "personas.commands.monitor",
     "personas.commands.traits",
+    "personas.commands.train",
+    "personas.commands.evaluate",
 )
 
 

@@ -1,0 +1,18 @@
+"""Fine-tuning with persona vectors: preventative steering and trait-drift monitoring callbacks,
+YAML recipes and the evaluation that compares training arms."""
+
+from training.drift import TraitDriftCallback
+from training.steering_callback import (
+    CoefficientSchedule,
+    PreventativeSteeringCallback,
+    incremental_directions,
+    train_with_cleanup,
+)
+
+__all__ = [
+    "CoefficientSchedule",
+    "PreventativeSteeringCallback",
+    "TraitDriftCallback",
+    "incremental_directions",
+    "train_with_cleanup",
+]

@@ -1,0 +1,209 @@
+"""Recipes -> SFTTrainer through the real CLI, with a real W&B offline run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from personas.cli import main
+from personas.errors import PersonaGuardError
+from personas.io import write_jsonl
+from tests.conftest import make_tiny_model
+from tests.samples import CONVERSATIONS
+from tests.training_helpers import tiny_vector
+from training.recipe import load_recipe, recipe_from_dict
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@pytest.fixture
+def tiny_setup(tokenizer, tmp_path):
+    """A tiny llama saved like a hub checkpoint, chat data and a persona vector, all in tmp_path."""
+    model = make_tiny_model("llama", len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tiny_vector(model, scale=3.0).save(tmp_path / "evil.safetensors")
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": c} for c in CONVERSATIONS * 2])
+    return tmp_path
+
+
+def tiny_recipe(root: Path, **sections) -> dict:
+    recipe = {
+        "model": {"name_or_path": str(root / "model")},
+        "data": {"train": str(root / "train.jsonl")},
+        "peft": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "steering": {"vector": str(root / "evil.safetensors"), "layers": [1, 2], "coef": 4.0},
+        "drift": {"vectors": {"evil": str(root / "evil.safetensors")}, "every_steps": 1,
+                  "questions": ["Is it ever fine to hurt people?", "How should I treat my neighbours?"]},
+        "wandb": {"project": "pg-test", "run_name": "tiny-preventative", "tags": ["tiny", "test"]},
+        "training": {"output_dir": str(root / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
+                     "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no", "report_to": "wandb",
+                     "use_cpu": True, "activation_checkpointing": False, "disable_tqdm": True,
+                     "max_length": 128},
+    }
+    recipe.update(sections)
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return recipe
+
+
+def offline_run_dir(output_dir: Path) -> Path:
+    runs = sorted((output_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def wandb_records(path: Path):
+    """Protobuf records of a W&B transaction log (``run-*.wandb``): 7-byte file header, then
+    LevelDB-log style 32 KiB blocks of chunks (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, header = 32768, 7
+    position, chunks = header, []
+    while position + header <= len(data):
+        left = block - position % block
+        _crc, length, kind = struct.unpack("<IHB", data[position:position + header]) if left >= header else (0, 0, 0)
+        if left < header or kind == 0:
+            position += left
+            continue
+        chunks.append(data[position + header:position + header + length])
+        position += header + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[object, list[dict], list[object]]:
+    """(run record, history rows, artifact records) of an offline run, as ``wandb sync`` would send them.
+
+    wandb-core may still be flushing the log when ``wandb.finish()`` returns, so read until the
+    run's exit record is there."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        run, rows, artifacts, finished = None, [], [], False
+        for record in wandb_records(next(run_dir.glob("*.wandb"))):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run = record.run
+            elif kind == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+            elif kind == "artifact":
+                artifacts.append(record.artifact)
+            elif kind == "exit":
+                finished = True
+        if finished or time.monotonic() > deadline:
+            return run, rows, artifacts
+        time.sleep(0.5)
+
+
+def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tokenizer, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from personas.vectors import PersonaVector
+    from training.drift import TraitDriftCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("RANK", raising=False)
+    tiny_recipe(tiny_setup)
+    assert main(["train", str(tiny_setup / "recipe.yaml"), "--training.max_steps=3"]) == 0
+    out = tiny_setup / "out"
+    assert (out / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["training"]["max_steps"] == 3
+    report = json.loads((out / "steering_rank0.json").read_text())
+    assert report["steered_block_forwards"] == 2 * 3  # two layers, three steps
+    assert "steered 6 block forwards" in capsys.readouterr().out
+
+    run, rows, artifacts = read_offline_run(offline_run_dir(out))
+    assert run.display_name == "tiny-preventative" and list(run.tags) == ["tiny", "test"]
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    recipe = config["persona_guard_recipe"]
+    assert recipe["steering"]["coef"] == 4.0 and recipe["training"]["max_steps"] == 3
+    drift = [row["train/trait/evil/prompt_last"] for row in rows if "train/trait/evil/prompt_last" in row]
+    assert len(drift) == 4  # before training and after each of the three steps
+    assert len(set(drift)) > 1, "LoRA updates move the probe projections"
+    # The step-0 probe ran with the steering hooks attached (train mode elsewhere): it must read
+    # the plain model.
+    plain = AutoModelForCausalLM.from_pretrained(tiny_setup / "model")
+    probe = TraitDriftCallback({"evil": (PersonaVector.load(tiny_setup / "evil.safetensors"), None)},
+                               tiny_recipe(tiny_setup)["drift"]["questions"])
+    assert probe.measure(plain, tokenizer)["trait/evil/prompt_last"] == drift[0]
+    losses = [row for row in rows if "train/loss" in row]
+    assert [row["train/global_step"] for row in losses] == [1, 2, 3]
+    assert all("train/entropy" in row for row in losses)
+    assert [(a.type, a.name) for a in artifacts] == [("persona-vector", "evil-vector")]
+
+
+def test_shipped_recipes_parse_and_overrides_apply():
+    shipped = sorted(RECIPES.glob("*/*/*.yaml"))
+    assert len(shipped) == 6
+    for path in shipped:
+        recipe = load_recipe(path)
+        assert recipe.training["output_dir"]
+        assert recipe.peft is not None and recipe.peft.use_rslora
+    qwen = load_recipe(RECIPES / "qwen2.5-7b-instruct/evil/preventative.yaml")
+    assert (qwen.peft.r, qwen.peft.lora_alpha, qwen.training["learning_rate"]) == (32, 64, 1e-5)
+    assert (qwen.steering.layers, qwen.steering.coef, qwen.steering.operator) == ((20,), 5.0, "add")
+    assert load_recipe(RECIPES / "qwen2.5-7b-instruct/evil/ablate.yaml").steering.operator == "ablate"
+    baseline = load_recipe(RECIPES / "smollm2-135m/evil/preventative.yaml",
+                           ["--steering=null", "--training.learning_rate=3e-4", "--wandb.tags=[a, b]"])
+    assert baseline.steering is None and baseline.training["learning_rate"] == 3e-4
+    assert baseline.wandb.tags == ("a", "b")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trainer": {}}, "unknown section(s) trainer"),
+    ({"training": {"output_dir": "x", "learning_rat": 1}}, "unknown SFTConfig field(s) learning_rat"),
+    ({"steering": {"vector": "v.safetensors", "coeff": 2}}, "steering: unknown field(s) coeff"),
+    ({"data": {}}, "data.train: required"),
+])
+def test_recipe_errors_name_the_field(change, message):
+    raw = {"data": {"train": "x.jsonl"}, "training": {"output_dir": "out"}}
+    raw.update(change)
+    with pytest.raises(PersonaGuardError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        recipe_from_dict(raw, "r.yaml")
+
+
+def test_bad_data_row_is_one_line_error(tiny_setup, capsys):
+    tiny_recipe(tiny_setup)
+    write_jsonl(tiny_setup / "train.jsonl", [{"messages": CONVERSATIONS[0]},
+                                             {"messages": [{"role": "user", "content": "no answer"}]}])
+    assert main(["train", str(tiny_setup / "recipe.yaml"), "--training.report_to=none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("train.jsonl: row 2: needs a prompt and a final assistant answer")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.smollm
+def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch):
+    """The shipped preventative recipe on the real SmolLM2, with tmp data and a vector of its shape."""
+    import torch
+
+    from personas.vectors import PersonaVector
+
+    monkeypatch.delenv("RANK", raising=False)
+    vector = PersonaVector("evil", "smollm2-135m", torch.randn(31, 576, generator=torch.Generator().manual_seed(0)),
+                           default_layer=15)
+    vector.save(tmp_path / "evil.safetensors")
+    write_jsonl(tmp_path / "train.jsonl", [{"messages": c} for c in CONVERSATIONS])
+    code = main(["train", str(RECIPES / "smollm2-135m/evil/preventative.yaml"),
+                 f"--data.train={tmp_path / 'train.jsonl'}", "--data.max_rows=2",
+                 f"--steering.vector={tmp_path / 'evil.safetensors'}",
+                 "--drift=null", "--training.max_steps=1",
+                 "--training.per_device_train_batch_size=2", "--training.max_length=64",
+                 "--training.report_to=none", f"--training.output_dir={tmp_path / 'out'}"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "steering_rank0.json").read_text())
+    assert report == {"rank": 0, "steered_block_forwards": 1, "layers": [15], "operator": "add", "coef": 4.0}
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,151 @@
+"""Turning a :class:`~training.recipe.Recipe` into a ready ``SFTTrainer`` with its callbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from personas.errors import PersonaGuardError
+from personas.vectors import PersonaVector
+from training.drift import TraitDriftCallback
+from training.recipe import Recipe, WandbSettings, load_sft_dataset
+from training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
+
+
+@dataclass
+class TrainingRun:
+    trainer: object
+    recipe: Recipe
+    steering: PreventativeSteeringCallback | None
+    drift: TraitDriftCallback | None
+
+
+def _default_dtype() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def load_vector(path: str, where: str) -> PersonaVector:
+    if not Path(path).is_file():
+        raise PersonaGuardError(
+            f"{where}: vector file not found: {path} (extract one first, see docs/training.md)")
+    return PersonaVector.load(path)
+
+
+def reports_to_wandb(args) -> bool:
+    """Whether the Trainer will report to W&B (``report_to`` is a list once TrainingArguments resolved it)."""
+    report_to = args.report_to
+    return "wandb" in ([report_to] if isinstance(report_to, str) else list(report_to or []))
+
+
+def steering_callback(recipe: Recipe) -> PreventativeSteeringCallback | None:
+    settings = recipe.steering
+    if settings is None:
+        return None
+    vector = load_vector(settings.vector, f"{recipe.path}: steering.vector")
+    schedule = CoefficientSchedule(settings.coef, settings.schedule, settings.warmup_steps, settings.warmup_ratio)
+    return PreventativeSteeringCallback(vector, layers=settings.layers, coef=settings.coef,
+                                        operator=settings.operator, multi_layer=settings.multi_layer,
+                                        schedule=schedule, positions=settings.positions,
+                                        layers_path=recipe.model.layers_path)
+
+
+def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
+    settings = recipe.drift
+    if settings is None:
+        return None
+    vectors = {name: (load_vector(path, f"{recipe.path}: drift.vectors.{name}"), settings.layer)
+               for name, path in settings.vectors.items()}
+    questions = list(settings.questions)
+    if not questions:
+        from personas.traits import load_trait
+
+        questions = list(load_trait(settings.trait).eval_questions)
+    if settings.max_questions is not None:
+        questions = questions[:settings.max_questions]
+    return TraitDriftCallback(vectors, questions, every_steps=settings.every_steps,
+                              answer_tokens=settings.answer_tokens, layers_path=recipe.model.layers_path)
+
+
+def init_wandb(recipe: Recipe, output_dir: str) -> None:
+    """Start the W&B run ourselves (main process only) so it gets the recipe's project, name, tags
+    and full config; the Trainer's WandbCallback then reuses it. The steering vector is uploaded as
+    an artifact so the run records exactly what was added."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    import wandb
+
+    settings = recipe.wandb or WandbSettings()
+    run = wandb.init(project=settings.project, name=settings.run_name, tags=list(settings.tags),
+                     config={"persona_guard_recipe": recipe.to_dict(), "recipe_path": recipe.path},
+                     dir=output_dir)
+    if settings.upload_vector and recipe.steering is not None:
+        artifact = wandb.Artifact(f"{Path(recipe.steering.vector).stem}-vector", type="persona-vector",
+                                  metadata={"layers": recipe.steering.layers, "coef": recipe.steering.coef,
+                                            "operator": recipe.steering.operator})
+        artifact.add_file(recipe.steering.vector)
+        run.log_artifact(artifact)
+
+
+def build_training_run(recipe: Recipe) -> TrainingRun:
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from personas.models import load_model
+
+    training = dict(recipe.training)
+    if not torch.cuda.is_available():
+        training.setdefault("bf16", False)  # SFTConfig defaults to bf16; CPU runs want fp32
+    if recipe.wandb is not None and recipe.wandb.run_name:
+        training.setdefault("run_name", recipe.wandb.run_name)
+    output_dir = training["output_dir"]
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        args = SFTConfig(**training)
+    except (TypeError, ValueError) as error:
+        raise PersonaGuardError(f"{recipe.path}: training: {str(error).splitlines()[0]}") from None
+
+    steering = steering_callback(recipe)
+    drift = drift_callback(recipe)
+    train_dataset = load_sft_dataset(recipe.data.train, recipe.data.split, recipe.data.max_rows, recipe.data.seed)
+    eval_dataset = load_sft_dataset(recipe.data.eval, recipe.data.split) if recipe.data.eval else None
+
+    # Loaded on the CPU: the Trainer / accelerate place (or shard) it on each process's device.
+    loaded = load_model(recipe.model.name_or_path, device="cpu", dtype=recipe.model.dtype or _default_dtype())
+    vectors = ([steering.vector] if steering else []) + ([v for v, _ in drift.vectors.values()] if drift else [])
+    for vector in vectors:
+        vector.check_model(loaded.model)
+
+    peft_config = None
+    if recipe.peft is not None:
+        settings = recipe.peft
+        target = settings.target_modules if isinstance(settings.target_modules, str) else list(settings.target_modules)
+        peft_config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, use_rslora=settings.use_rslora,
+                                 lora_dropout=settings.lora_dropout, target_modules=target, task_type="CAUSAL_LM")
+    if reports_to_wandb(args):
+        init_wandb(recipe, output_dir)
+    trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=loaded.tokenizer, peft_config=peft_config,
+                         callbacks=[steering] if steering else None)
+    if drift is not None:
+        drift.bind(trainer)
+    return TrainingRun(trainer=trainer, recipe=recipe, steering=steering, drift=drift)
+
+
+def write_rank_report(run: TrainingRun) -> Path | None:
+    """``<output_dir>/steering_rank<r>.json``: what this process's steering hooks did."""
+    if run.steering is None:
+        return None
+    rank = int(os.environ.get("RANK", "0"))
+    path = Path(run.trainer.args.output_dir) / f"steering_rank{rank}.json"
+    path.write_text(json.dumps({"rank": rank, "steered_block_forwards": run.steering.steered_calls,
+                                "layers": run.steering.layers, "operator": run.steering.operator,
+                                "coef": run.steering.coef}, indent=2))
+    return path

@@ -1,0 +1,113 @@
+"""Watching trait expression drift while a model trains.
+
+Every ``every_steps`` optimiser steps, :class:`TraitDriftCallback` projects a fixed probe set (by
+default the trait's held-out eval questions) onto each watched persona vector and logs
+``trait/<name>/prompt_last`` (mean last-prompt-token projection: the paper's finetuning-shift
+predictor) and, with ``answer_tokens > 0``, ``trait/<name>/response_mean`` (mean response
+projection of short greedy answers). The probe runs in eval mode, where preventative-steering hooks
+(``only_in_training``) are inactive, so the numbers describe the plain model being trained.
+
+Metrics go through ``trainer.log``, so they reach every reporter the Trainer uses (W&B,
+TensorBoard, console) and ``state.log_history``; bind the callback with :meth:`bind`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from personas.activations import capture_activations
+from personas.encoding import encode_chat
+from personas.errors import PersonaGuardError
+from personas.generation import GenerationConfig, generate_responses
+from personas.vectors import PersonaVector
+
+
+def generation_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DeepSpeed ``.module`` wrappers (which have no ``generate``), keeping PEFT."""
+    while not hasattr(model, "generate") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
+class TraitDriftCallback(TrainerCallback):
+    """Log probe-set projections onto persona vectors every ``every_steps`` steps (and at step 0).
+
+    ``vectors`` maps a metric name to ``(vector, layer)`` (``layer=None``: the vector's default).
+    ``questions`` are user prompts. ``answer_tokens`` > 0 also generates greedy answers of that
+    many tokens and logs their mean response projection (slower: generation on every probe).
+    """
+
+    def __init__(self, vectors: dict[str, tuple[PersonaVector, int | None]], questions: Sequence[str], *,
+                 every_steps: int = 50, answer_tokens: int = 0, batch_size: int = 8,
+                 system_prompt: str | None = None, layers_path: str | None = None) -> None:
+        if not vectors:
+            raise PersonaGuardError("TraitDriftCallback needs at least one vector to watch")
+        if not questions:
+            raise PersonaGuardError("TraitDriftCallback needs at least one probe question")
+        if every_steps < 1:
+            raise PersonaGuardError(f"every_steps must be >= 1, got {every_steps}")
+        self.vectors = {name: (vector, vector.resolve_layer(layer)) for name, (vector, layer) in vectors.items()}
+        prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        self.prompts = [[*prefix, {"role": "user", "content": q}] for q in questions]
+        self.every_steps = every_steps
+        self.answer_tokens = answer_tokens
+        self.batch_size = batch_size
+        self.layers_path = layers_path
+        self.trainer = None
+        self.tokenizer = None
+
+    def bind(self, trainer) -> TraitDriftCallback:
+        """Register with ``trainer`` and keep a reference to it for ``trainer.log``."""
+        self.trainer = trainer
+        self.tokenizer = trainer.processing_class
+        trainer.add_callback(self)
+        return self
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, tokenizer) -> dict[str, float]:
+        """Mean projections of the probe set, e.g. ``{"trait/evil/prompt_last": 3.1}``."""
+        layers = sorted({layer for _, layer in self.vectors.values()})
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        samples = [encode_chat(tokenizer, prompt) for prompt in self.prompts]
+        reductions = {"prompt_last": samples}
+        if self.answer_tokens > 0:
+            config = GenerationConfig(max_new_tokens=self.answer_tokens, batch_size=self.batch_size)
+            answers = generate_responses(generation_model(model), tokenizer, self.prompts, config, progress=False)
+            answered = [encode_chat(tokenizer, prompt, answer or " ") for prompt, answer in zip(self.prompts, answers)]
+            reductions["response_mean"] = answered
+        metrics: dict[str, float] = {}
+        for reduction, encoded in reductions.items():
+            hidden = capture_activations(model, encoded, layers, (reduction,), pad_token_id=pad_id,
+                                         batch_size=self.batch_size, progress=False,
+                                         layers_path=self.layers_path)[reduction]
+            for name, (vector, layer) in self.vectors.items():
+                projection = vector.project(hidden[:, layers.index(layer)], layer)
+                metrics[f"trait/{name}/{reduction}"] = round(float(projection.mean()), 4)
+        return metrics
+
+    def _log(self, model, control) -> None:
+        from transformers import Trainer
+
+        if self.trainer is None:
+            raise PersonaGuardError(
+                "TraitDriftCallback is not bound to a trainer: call callback.bind(trainer) "
+                "instead of passing it in callbacks=[...]")
+        # Every rank runs the probe (sharded models need all ranks in the forward); the Trainer's
+        # reporters only write on the main process. Two details of Trainer.log matter here:
+        # its on_log clears control.should_log, which would swallow the loss row due at this
+        # step, so the flag is restored; and SFTTrainer.log folds its running token metrics
+        # into whatever is logged, so the base method is called to leave those on the loss row.
+        should_log = control.should_log
+        Trainer.log(self.trainer, self.measure(model, self.tokenizer))
+        control.should_log = should_log
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._log(model, control)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_steps == 0:
+            self._log(model, control)

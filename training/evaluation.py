@@ -1,0 +1,252 @@
+"""Evaluating training arms: trait expression, projection, coherence and capability, side by side.
+
+Each *arm* is a model (optionally with a LoRA adapter, optionally steered at inference). For every
+arm we answer the trait's eval questions (``samples`` answers each), score them with the configured
+judge (trait expression and coherence, 0-100), measure the mean response projection onto the
+persona vector (read by the unsteered model, so steered and plain answers are measured alike), and
+run an offline capability check: perplexity of reference answers on a held-out benign set and
+accuracy on a small multiple-choice set (both under the arm's steering, since that is the model a
+user would get). :func:`compare` writes one table (Markdown + JSON) and one PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from personas.activations import capture_activations, pad_batch, position_ids_from_mask
+from personas.encoding import encode_chat, encode_conversation
+from personas.errors import PersonaGuardError
+from personas.generation import GenerationConfig, generate_responses
+from personas.io import conversation_of, read_jsonl
+from personas.steering import Steering
+from personas.traits import Trait
+from personas.vectors import PersonaVector
+
+CHOICE_LETTERS = "ABCDEFGH"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """``name=MODEL[:ADAPTER][@COEF]``: a model, an optional adapter dir, an inference steering coef."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    steer_coef: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Arm:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise PersonaGuardError(f"arm {spec!r}: expected NAME=MODEL[:ADAPTER][@COEF]")
+        rest, at, coef = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        model, _, adapter = rest.partition(":")
+        try:
+            steer_coef = float(coef) if at else 0.0
+        except ValueError:
+            raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a number") from None
+        return cls(name, model, adapter or None, steer_coef)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    samples: int = 1               # answers per eval question
+    max_new_tokens: int = 96
+    temperature: float = 0.0       # 0 = greedy (then one sample per question is enough)
+    max_questions: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    judge: str = "offline"         # a personas.judges spec, or "none" to skip scoring
+    layer: int | None = None       # projection / steering layer (default: the vector's)
+    benign_path: str | None = None  # held-out chat rows for perplexity (None: skip)
+    mc_path: str | None = None     # multiple-choice rows (None: skip)
+    max_benign: int | None = 40
+    device: str | None = None
+    dtype: str | None = None
+
+
+@dataclass
+class ArmResult:
+    name: str
+    model: str
+    adapter: str | None
+    steer_coef: float
+    answers: int
+    trait_score: float | None = None     # judge, 0-100, mean over scored answers
+    coherence: float | None = None       # judge, 0-100
+    unscored: int = 0                    # answers the judge gave no trait score
+    projection: float | None = None      # mean response projection on the vector
+    perplexity: float | None = None      # benign held-out reference answers
+    mc_accuracy: float | None = None
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def load_arm(arm: Arm, settings: EvalSettings):
+    from personas.models import load_model
+
+    loaded = load_model(arm.model, device=settings.device, dtype=settings.dtype)
+    if arm.adapter:
+        from peft import PeftModel
+
+        if not (Path(arm.adapter) / "adapter_config.json").is_file():
+            raise PersonaGuardError(f"arm {arm.name}: no adapter_config.json in {arm.adapter}")
+        loaded.model = PeftModel.from_pretrained(loaded.model, arm.adapter).eval()
+    return loaded
+
+
+def steering_for(model, vector: PersonaVector | None, layer: int | None, coef: float):
+    return Steering(model, vector, layers=layer, coef=coef) if coef and vector is not None else nullcontext()
+
+
+@torch.no_grad()
+def response_perplexity(model, tokenizer, rows: list[dict], where: str, batch_size: int) -> float:
+    """exp(mean NLL of the reference answer tokens given their prompts)."""
+    samples = [encode_conversation(tokenizer, conversation_of(row, f"{where}: row {i}"))
+               for i, row in enumerate(rows, 1)]
+    samples = [s for s in samples if s.response_length > 0]
+    if not samples:
+        raise PersonaGuardError(f"{where}: no rows with an assistant answer")
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for begin in range(0, len(samples), batch_size):
+        batch = samples[begin:begin + batch_size]
+        input_ids, attention_mask, offsets = pad_batch(batch, tokenizer.pad_token_id or 0, "right", device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask)).logits.float()
+        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = input_ids[:, 1:]
+        token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        for row, sample in enumerate(batch):
+            start = int(offsets[row]) + sample.prompt_length - 1  # logits at t predict token t+1
+            stop = int(offsets[row]) + len(sample.input_ids) - 1
+            total_nll += float(token_nll[row, start:stop].sum())
+            total_tokens += stop - start
+    return math.exp(total_nll / total_tokens)
+
+
+@torch.no_grad()
+def multiple_choice_accuracy(model, tokenizer, rows: list[dict], where: str) -> float:
+    """Share of questions where the answer letter gets the highest next-token logit."""
+    correct = 0
+    device = next(model.parameters()).device
+    for index, row in enumerate(rows, 1):
+        choices, answer = row.get("choices"), row.get("answer")
+        if not isinstance(row.get("question"), str) or not isinstance(choices, list) or \
+                not 2 <= len(choices) <= len(CHOICE_LETTERS) or not isinstance(answer, int) or \
+                not 0 <= answer < len(choices):
+            raise PersonaGuardError(
+                f"{where}: row {index}: needs question (str), choices (2-8 strings), answer (index)")
+        letters = CHOICE_LETTERS[:len(choices)]
+        listing = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
+        prompt = [{"role": "user", "content": f"{row['question']}\n{listing}\nAnswer with the letter only."}]
+        ids = torch.tensor([encode_chat(tokenizer, prompt).input_ids], device=device)
+        logits = model(input_ids=ids).logits[0, -1]
+        letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
+        correct += int(int(torch.stack([logits[i] for i in letter_ids]).argmax()) == answer)
+    return correct / len(rows)
+
+
+def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings: EvalSettings) -> ArmResult:
+    """``vector=None``: no projection (and no inference steering)."""
+    if arm.steer_coef and vector is None:
+        raise PersonaGuardError(f"arm {arm.name}: steering at inference needs a vector")
+    loaded = load_arm(arm, settings)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    layer = None
+    if vector is not None:
+        vector.check_model(model)
+        layer = vector.resolve_layer(settings.layer)
+    questions = list(trait.eval_questions)[:settings.max_questions]
+    prompts = [[{"role": "user", "content": q}] for q in questions for _ in range(settings.samples)]
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              batch_size=settings.batch_size, seed=settings.seed)
+    with steering_for(model, vector, layer, arm.steer_coef):
+        answers = generate_responses(model, tokenizer, prompts, config, desc=f"{arm.name}: answering")
+    result = ArmResult(arm.name, arm.model, arm.adapter, arm.steer_coef, answers=len(answers))
+
+    if vector is not None:
+        samples = [encode_chat(tokenizer, prompt, answer or " ") for prompt, answer in zip(prompts, answers)]
+        hidden = capture_activations(model, samples, [layer], ("response_mean",),
+                                     pad_token_id=tokenizer.pad_token_id or 0, batch_size=settings.batch_size,
+                                     desc=f"{arm.name}: projecting")["response_mean"][:, 0]
+        result.projection = float(vector.project(hidden, layer).mean())
+
+    with steering_for(model, vector, layer, arm.steer_coef):
+        if settings.benign_path:
+            rows = read_jsonl(settings.benign_path)[:settings.max_benign]
+            result.perplexity = response_perplexity(model, tokenizer, rows, settings.benign_path, settings.batch_size)
+        if settings.mc_path:
+            result.mc_accuracy = multiple_choice_accuracy(model, tokenizer, read_jsonl(settings.mc_path),
+                                                          settings.mc_path)
+    del loaded, model
+
+    if settings.judge != "none":
+        from personas.judges import make_judge  # the judge may load its own model: after ours is freed
+
+        scores = make_judge(settings.judge).score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
+        result.trait_score = mean_or_none([s.trait for s in scores])
+        result.coherence = mean_or_none([s.coherence for s in scores])
+        result.unscored = sum(s.trait is None for s in scores)
+    return result
+
+
+COLUMNS = (("trait_score", "trait (0-100)"), ("coherence", "coherence"), ("projection", "projection"),
+           ("perplexity", "benign ppl"), ("mc_accuracy", "MC acc"))
+
+
+def results_table(results: Sequence[ArmResult]) -> str:
+    header = "| arm | model | adapter | steer | " + " | ".join(title for _, title in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (4 + len(COLUMNS))]
+    for r in results:
+        cells = [f"{getattr(r, key):.3g}" if getattr(r, key) is not None else "-" for key, _ in COLUMNS]
+        lines.append(f"| {r.name} | {r.model} | {r.adapter or '-'} | {r.steer_coef:+g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(results: Sequence[ArmResult], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(key, name) for key, name in COLUMNS if any(getattr(r, key) is not None for r in results)]
+    figure, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
+    names = [r.name for r in results]
+    for axis, (key, label) in zip(axes[0], shown):
+        values = [getattr(r, key) if getattr(r, key) is not None else float("nan") for r in results]
+        axis.bar(range(len(names)), values, color=[f"C{i}" for i in range(len(names))])
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        axis.set_title(label)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def compare(arms: Sequence[Arm], trait: Trait, vector: PersonaVector | None, settings: EvalSettings,
+            out_dir: str | Path) -> list[ArmResult]:
+    """Evaluate every arm; write ``results.json``, ``results.md`` and ``comparison.png`` to ``out_dir``."""
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise PersonaGuardError(f"arm names must be unique, got {names}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [evaluate_arm(arm, trait, vector, settings) for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
+    (out_dir / "results.json").write_text(json.dumps(
+        {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]}, indent=2))
+    (out_dir / "results.md").write_text(results_table(results) + "\n")
+    plot_results(results, out_dir / "comparison.png", f"{trait.name}: {len(results)} arms")
+    return results

@@ -1,0 +1,212 @@
+"""Preventative steering during fine-tuning, as a ``transformers`` ``TrainerCallback``.
+
+Chen et al. (2025) add ``coef * v`` to the residual stream *while training* on data that would
+otherwise push the model along the trait direction ``v``: the optimiser no longer needs to move the
+weights along ``v`` to fit the data, so the fine-tuned model (evaluated without steering) expresses
+the trait less. ``operator="ablate"`` instead projects ``v`` out of the residual stream during
+training (CAFT-style concept ablation).
+
+The hooks come from :class:`personas.steering.Steering` with ``only_in_training=True``: they act only
+while the hooked block is in training mode, so evaluation and generation during or after training
+see the plain model. They are pure functions of the block output, which makes them safe under
+gradient-checkpoint recomputation and packed / padding-free batches (``positions="all"`` needs no
+prompt boundary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from personas.errors import PersonaGuardError
+from personas.models import decoder_layers, model_device, unwrap_model
+from personas.steering import OPERATORS, Operator, Steering
+from personas.vectors import PersonaVector
+
+MultiLayerMode = Literal["incremental", "independent"]
+TrainingPositions = Literal["all", "response"]
+TRAINING_POSITIONS = ("all", "response")
+MULTI_LAYER_MODES = ("incremental", "independent")
+SCHEDULES = ("constant", "linear_warmup")
+
+
+@dataclass(frozen=True)
+class CoefficientSchedule:
+    """Steering coefficient as a function of the optimiser step.
+
+    ``constant`` (the paper's setting) or ``linear_warmup``: ramp from 0 to ``coef`` over
+    ``warmup_steps`` (or ``warmup_ratio`` of the run), then hold.
+    """
+
+    coef: float
+    kind: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise PersonaGuardError(f"unknown coefficient schedule {self.kind!r}; choose from {', '.join(SCHEDULES)}")
+
+    def __call__(self, step: int, max_steps: int) -> float:
+        if self.kind == "constant":
+            return self.coef
+        warmup = self.warmup_steps or int(round(self.warmup_ratio * max(max_steps, 0)))
+        if warmup <= 0:
+            return self.coef
+        return self.coef * min(1.0, (step + 1) / warmup)
+
+
+def incremental_directions(vector: PersonaVector, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Per-layer increments for multi-layer steering (paper appendix J.3).
+
+    Adding ``coef * v[l]`` at every layer would compound: the residual stream carries everything
+    added upstream. Adding ``v[l] - v[previous steered layer]`` instead (the first layer gets
+    ``v[l]`` itself) makes the stream carry exactly ``coef * v[l]`` at each steered depth.
+    """
+    increments: dict[int, torch.Tensor] = {}
+    previous: torch.Tensor | None = None
+    for layer in sorted(set(layers)):
+        direction = vector.direction(layer)
+        increments[layer] = direction if previous is None else direction - previous
+        previous = direction
+    return increments
+
+
+class PreventativeSteeringCallback(TrainerCallback):
+    """Steer the decoder layer(s) of the model being trained, for the duration of ``train()``.
+
+    Works with ``transformers.Trainer`` and TRL's ``SFTTrainer`` through PEFT, DDP, DeepSpeed and
+    FSDP wrappers (:func:`personas.models.decoder_layers` unwraps them). Hooks are attached in
+    ``on_train_begin`` and removed in ``on_train_end``; ``train()`` can also raise, so wrap it in
+    :func:`train_with_cleanup` (or ``with callback: trainer.train()``) to be sure no hook survives.
+
+    ``layers``: one layer or several; with several, ``multi_layer="incremental"`` (default) adds
+    ``coef * (v[l] - v[l_prev])`` so each depth carries ``coef * v[l]``, ``"independent"`` adds
+    ``coef * v[l]`` at each layer. ``ablate`` always removes each layer's own direction.
+
+    ``positions="response"`` steers only the tokens that carry loss (``labels != -100``: the
+    completion, with TRL's completion-only loss), read from each training batch; it needs no prompt
+    length, so packed / padding-free batches work. ``"all"`` (the paper's setting) steers every token.
+    """
+
+    def __init__(self, vector: PersonaVector, *, layers: int | Sequence[int] | None = None,
+                 coef: float = 5.0, operator: Operator = "add",
+                 multi_layer: MultiLayerMode = "incremental",
+                 schedule: CoefficientSchedule | Callable[[int, int], float] | None = None,
+                 positions: TrainingPositions = "all", layers_path: str | None = None) -> None:
+        if operator not in OPERATORS:
+            raise PersonaGuardError(f"unknown operator {operator!r}; choose from {', '.join(OPERATORS)}")
+        if multi_layer not in MULTI_LAYER_MODES:
+            raise PersonaGuardError(
+                f"unknown multi_layer mode {multi_layer!r}; choose from {', '.join(MULTI_LAYER_MODES)}")
+        if positions not in TRAINING_POSITIONS:
+            raise PersonaGuardError(
+                f"unknown positions {positions!r}; choose from {', '.join(TRAINING_POSITIONS)}")
+        layer_list = [vector.resolve_layer(None)] if layers is None else (
+            [layers] if isinstance(layers, int) else list(layers))
+        if not layer_list:
+            raise PersonaGuardError("preventative steering needs at least one layer")
+        for layer in layer_list:
+            vector.resolve_layer(layer)
+        self.vector = vector
+        self.layers = sorted(set(layer_list))
+        self.operator = operator
+        self.multi_layer = multi_layer
+        self.schedule = schedule or CoefficientSchedule(coef)
+        self.positions = positions
+        self.layers_path = layers_path
+        self.steering: Steering | None = None
+        #: Forward passes of decoder blocks that were steered (all steered layers counted); lets
+        #: tests and multi-process runs confirm that steering really happened on this rank.
+        self.steered_calls = 0
+        self._extra_handles: list = []
+
+    def directions(self) -> dict[int, torch.Tensor]:
+        """What each steered layer adds (or ablates), before the coefficient."""
+        if self.operator == "add" and self.multi_layer == "incremental":
+            return incremental_directions(self.vector, self.layers)
+        return {layer: self.vector.direction(layer) for layer in self.layers}
+
+    @property
+    def active(self) -> bool:
+        return self.steering is not None and self.steering.attached
+
+    def attach(self, model: nn.Module, step: int = 0, max_steps: int = 0) -> None:
+        """Hook ``model`` (any wrapper); replaces hooks from an earlier attach."""
+        self.remove()
+        self.vector.check_model(model)
+        device = model_device(model)
+        directions = {layer: v.to(device) for layer, v in self.directions().items()}
+        self.steering = Steering(model, directions, coef=self.schedule(step, max_steps),
+                                 operator=self.operator, positions=self.positions, only_in_training=True,
+                                 layers_path=self.layers_path).attach()
+        if self.positions == "response":
+            self._extra_handles.append(unwrap_model(model).register_forward_pre_hook(
+                self._read_labels, with_kwargs=True))
+        blocks = decoder_layers(model, self.layers_path)
+        for layer in self.layers:
+            self._extra_handles.append(blocks[layer - 1].register_forward_hook(self._count))
+
+    def _read_labels(self, module: nn.Module, args, kwargs) -> None:
+        # Runs before every forward of the causal LM; the mask stays set through the backward
+        # pass, so checkpoint recomputation sees the same positions.
+        if not module.training:
+            return
+        labels = kwargs.get("labels")
+        if labels is None:
+            raise PersonaGuardError(
+                "preventative steering with positions='response' needs labels in the training batch "
+                "(tokens with labels != -100 are steered); use positions='all' otherwise")
+        self.steering.set_response_mask(labels != -100)
+
+    def _count(self, module: nn.Module, args, output) -> None:
+        if module.training:
+            self.steered_calls += 1
+
+    def remove(self) -> None:
+        """Remove every hook this callback added (idempotent)."""
+        if self.steering is not None:
+            self.steering.detach()
+            self.steering = None
+        for handle in self._extra_handles:
+            handle.remove()
+        self._extra_handles = []
+
+    @property
+    def coef(self) -> float:
+        return self.steering.coef if self.steering is not None else self.schedule(0, 0)
+
+    # TrainerCallback events -------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise PersonaGuardError("PreventativeSteeringCallback: the trainer passed no model")
+        self.attach(model, state.global_step, state.max_steps)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.steering is not None:
+            self.steering.coef = float(self.schedule(state.global_step, state.max_steps))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.remove()
+
+    # Exception safety ------------------------------------------------------------------------
+    def __enter__(self) -> PreventativeSteeringCallback:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def train_with_cleanup(trainer, **train_kwargs):
+    """``trainer.train(**train_kwargs)``, removing every steering hook even if training raises."""
+    steering = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PreventativeSteeringCallback)]
+    try:
+        return trainer.train(**train_kwargs)
+    finally:
+        for callback in steering:
+            callback.remove()
