@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "personas.commands.vector",
     "personas.commands.steer",
     "personas.commands.monitor",
+    "personas.commands.screen",
 )
 
 

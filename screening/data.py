@@ -199,6 +199,11 @@ def conversation_parts(data: Mapping) -> tuple[list[dict], str]:
     return prompt, response
 
 
+def last_user_turn(prompt: Sequence[Mapping]) -> str:
+    """The question a response answers (what judges and reports show)."""
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
 def classify_rows(raw_rows: Sequence[RawRow]) -> tuple[list[ScreenRow], list[SkippedRow]]:
     """Split raw rows into usable rows and skipped rows with their reasons (input order kept)."""
     usable, skipped = [], []

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,7 +37,8 @@ from personas.models import cache_dir
 from personas.vectors import PersonaVector
 from screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
                                     transformers_backend, vllm_available, vllm_backend)
-from screening.data import RawRow, ScreenRow, SkippedRow, classify_rows, read_rows, rows_from_records
+from screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
+                            rows_from_records)
 from screening.policy import FlagPolicy, ranks, zscores
 
 Mode = Literal["exact", "fast"]
@@ -156,7 +157,7 @@ def _plain(value):
 # ---- distribution (accelerate) -----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Processes:
+class Processes:
     rank: int = 0
     world_size: int = 1
     state: object = None
@@ -170,14 +171,14 @@ class _Processes:
         return self.rank == 0
 
 
-def _processes() -> _Processes:
+def current_processes() -> Processes:
     """This process's place in an ``accelerate launch`` / torchrun job (rank 0 of 1 otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Processes()
+        return Processes()
     from accelerate import PartialState
 
     state = PartialState()
-    return _Processes(state.process_index, state.num_processes, state)
+    return Processes(state.process_index, state.num_processes, state)
 
 
 # ---- the screener ------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ class Screener:
     def score(self, dataset, reference=None) -> ScreenResult:
         raw = _raw_rows(dataset)
         rows, skipped = classify_rows(raw)
-        processes = _processes()
+        processes = current_processes()
         checkpoint = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         if processes.world_size > 1 and checkpoint is None:
             raise PersonaGuardError("several processes need a checkpoint_dir to merge their shards")
@@ -277,7 +278,7 @@ class Screener:
                 "max_length": self.config.max_length, "shard_size": self.config.shard_size,
                 "rows": len(rows), "content_sha256": content.hexdigest()}
 
-    def _score_rows(self, rows: list[ScreenRow], checkpoint: Path | None, processes: _Processes) -> list[dict]:
+    def _score_rows(self, rows: list[ScreenRow], checkpoint: Path | None, processes: Processes) -> list[dict]:
         size = self.config.shard_size
         shards = [rows[begin:begin + size] for begin in range(0, len(rows), size)]
         if checkpoint is not None:
@@ -309,7 +310,7 @@ class Screener:
                 merged.extend(records[k])
         return merged
 
-    def _check_manifest(self, checkpoint: Path, fingerprint: dict, processes: _Processes) -> None:
+    def _check_manifest(self, checkpoint: Path, fingerprint: dict, processes: Processes) -> None:
         manifest = checkpoint / "manifest.json"
         if processes.is_main:
             if manifest.exists():
@@ -378,7 +379,7 @@ class Screener:
     # -- assembling --
 
     def _assemble(self, total: int, rows: list[ScreenRow], skipped: list[SkippedRow], records: list[dict],
-                  reference_dp: dict[str, np.ndarray] | None, processes: _Processes) -> ScreenResult:
+                  reference_dp: dict[str, np.ndarray] | None, processes: Processes) -> ScreenResult:
         by_index = {row.index: row for row in rows}
         scored_rows, scored = [], []
         for record in records:
@@ -412,17 +413,13 @@ class Screener:
         from personas.traits import load_trait
 
         judge = make_judge(self.config.judge)
-        items = [(_last_user_turn(row.prompt), row.response) for row in result.rows]
+        items = [(last_user_turn(row.prompt), row.response) for row in result.rows]
         for trait, scores in result.traits.items():
             verdicts = judge.score(load_trait(trait), items)
             scores.judge = np.array([np.nan if v.trait is None else v.trait for v in verdicts], dtype=np.float64)
             judged = np.nan_to_num(scores.judge, nan=-1.0) >= self.config.judge_threshold
             scores.flagged = scores.flagged & judged if self.config.judge_combine == "and" \
                 else scores.flagged | judged
-
-
-def _last_user_turn(prompt: Sequence[Mapping]) -> str:
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
 def _raw_rows(dataset) -> list[RawRow]:
