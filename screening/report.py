@@ -306,6 +306,7 @@ def log_to_wandb(summary: dict, result: ScreenResult, files: OutputFiles, *, pro
         for trait, entry in summary["traits"].items():
             flat.update({f"{trait}/{k}": v for k, v in entry.items() if v is not None})
         run.summary.update(flat)
+        run.save(str(files.summary), base_path=str(files.summary.parent), policy="now")
         logged = {}
         for trait, scores in result.traits.items():
             logged[f"{trait}/dp_histogram"] = wandb.Histogram(scores.dp)
