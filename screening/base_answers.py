@@ -118,7 +118,8 @@ def vllm_backend(model_path: str, tokenizer) -> Backend:
     """Generation with vLLM (GPU only); ``model_path`` must be a local dir or hub id vLLM can load."""
     from vllm import LLM, SamplingParams
 
-    engine = LLM(model=model_path, seed=0)
+    # the transformers copy of the model already sits on the GPU: leave it room
+    engine = LLM(model=model_path, seed=0, gpu_memory_utilization=0.5)
 
     def generate(prompts, settings: BaseAnswerSettings, seed: int) -> list[str]:
         params = SamplingParams(n=settings.n, max_tokens=settings.max_new_tokens, seed=seed,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from personas.activations import capture_activations
 from personas.encoding import encode_chat
 from personas.errors import PersonaGuardError
-from personas.models import cache_dir
+from personas.models import cache_dir, resolve_model_path
 from personas.vectors import PersonaVector
 from screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
                                     transformers_backend, vllm_available, vllm_backend)
@@ -231,7 +231,7 @@ class Screener:
             if backend_name == "vllm":
                 if not vllm_available():
                     raise PersonaGuardError("the vllm backend needs vLLM installed and a GPU")
-                backend = vllm_backend(self.model_id, self.tokenizer)
+                backend = vllm_backend(resolve_model_path(self.model_id), self.tokenizer)
             else:
                 backend = transformers_backend(self.model, self.tokenizer)
             self._answers = BaseAnswers(backend, self.tokenizer, self.model_key, config.base_answers,

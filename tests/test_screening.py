@@ -234,3 +234,25 @@ def test_embedding_baseline_ranks_related_text_higher():
     similarity = embedder.similarity(["I will hurt people and enjoy their suffering.", "Bread needs flour and yeast."],
                                      "malicious, cruel, wishes harm on humans")
     assert similarity[0] > similarity[1] + 0.1
+
+
+def test_judge_scores_combine_with_dp_flags(tiny_llama, tokenizer, tmp_path):
+    pytest.importorskip("personas.judges")  # written in parallel; the judge is only imported on use
+    from personas.traits import bundled_trait_names
+
+    if "evil" not in bundled_trait_names():
+        pytest.skip("bundled 'evil' trait not present")
+    model = no_special_answers(tiny_llama, tokenizer)
+    vector = random_vector("evil", model, 2, 0)
+    judged = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3),
+                                                         judge="offline", judge_threshold=0.0)).score(rows())
+    either = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=0),
+                                                         judge="offline", judge_threshold=0.0,
+                                                         judge_combine="or")).score(rows())
+    scores = judged.traits["evil"].judge
+    assert scores is not None and len(scores) == len(CONVERSATIONS)
+    assert all(np.isnan(s) or 0 <= s <= 100 for s in scores)
+    has_score = ~np.isnan(scores)
+    dp_flags, _ = FlagPolicy(top_k=3).flags(judged.traits["evil"].dp)
+    assert judged.traits["evil"].flagged.tolist() == (dp_flags & has_score).tolist()
+    assert either.traits["evil"].flagged.tolist() == has_score.tolist()
