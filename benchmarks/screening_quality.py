@@ -69,11 +69,15 @@ def main() -> None:
                         help="dir of <trait>.json files (default: the bundled traits)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--extra-layers", default="",
+                        help="comma-separated layers also scored (same forward pass), e.g. 10,20")
     parser.add_argument("--limit", type=int, default=None, help="rows per dataset (stratified sample)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--answer-cache", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vector-dir", default=None,
+                        help="reuse <trait>.safetensors vectors from here, saving the ones built")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -85,11 +89,21 @@ def main() -> None:
         trait = load_trait(Path(args.trait_dir) / f"{trait_name}.json" if args.trait_dir else trait_name)
         rows = subsample([json.loads(line) for line in Path(data_path).read_text().splitlines() if line.strip()],
                          args.limit, args.seed)
-        vector = exemplar_vector(loaded, trait, args.layer, args.batch_size)
+        saved = Path(args.vector_dir) / f"{trait.name}.safetensors" if args.vector_dir else None
+        if saved is not None and saved.exists():
+            vector = PersonaVector.load(saved)
+            vector.default_layer = args.layer
+        else:
+            vector = exemplar_vector(loaded, trait, args.layer, args.batch_size)
+            if saved is not None:
+                vector.save(saved)
         config = ScreeningConfig(batch_size=args.batch_size, answer_cache=args.answer_cache,
                                  base_answers=BaseAnswerSettings(max_new_tokens=args.max_new_tokens,
                                                                  batch_size=args.batch_size))
-        screener = Screener(loaded.model, loaded.tokenizer, [vector], config, model_id=loaded.model_id)
+        extra = [int(layer) for layer in args.extra_layers.split(",") if layer.strip()]
+        probes = [PersonaVector(f"{trait.name}@{layer}", vector.model_id, vector.directions, default_layer=layer)
+                  for layer in extra]
+        screener = Screener(loaded.model, loaded.tokenizer, [vector, *probes], config, model_id=loaded.model_id)
         started = time.perf_counter()
         result = screener.score(rows)
         seconds = time.perf_counter() - started
@@ -106,7 +120,10 @@ def main() -> None:
         table = {name: {"auroc": auroc(s, labels), "precision_at_k": precision_at_k(s, labels, k)}
                  for name, s in methods.items()}
         rho = spearman(scores.dp, scores.fast_dp)
-        results[trait.name] = {"rows": len(labels), "positives": k, "skipped": len(result.skipped),
+        sources = [str(r.data.get("source", "")) for r in result.rows]
+        order = np.argsort(-scores.dp, kind="stable")
+        missed = [(int(np.flatnonzero(order == i)[0]) + 1, sources[i]) for i in np.flatnonzero(labels)]
+        results[trait.name] = {"injected_ranks_by_exact_dp": sorted(missed),"rows": len(labels), "positives": k, "skipped": len(result.skipped),
                                "generated_prompts": result.generated_prompts, "screen_seconds": round(seconds, 1),
                                "spearman_exact_vs_fast": rho, "methods": table}
         print(f"\n{trait.name}: {len(labels)} rows, {k} injected, {len(result.skipped)} skipped, layer {args.layer}, "
@@ -115,6 +132,14 @@ def main() -> None:
         for name, entry in table.items():
             print(f"  {name:<30} {entry['auroc']:>7.3f} {entry['precision_at_k']:>7.3f}")
         print(f"  Spearman(exact dP, fast proxy) = {rho:.3f}")
+        print(f"  ranks of the injected rows by exact dP: {sorted(missed)}")
+        for probe in probes:
+            other = result.traits[probe.trait]
+            results[trait.name][f"layer_{probe.default_layer}"] = {
+                "exact_auroc": auroc(other.dp, labels), "fast_auroc": auroc(other.fast_dp, labels),
+                "response_only_auroc": auroc(other.projection, labels)}
+            print(f"  layer {probe.default_layer}: AUROC exact {auroc(other.dp, labels):.3f}, fast "
+                  f"{auroc(other.fast_dp, labels):.3f}, response-only {auroc(other.projection, labels):.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -289,8 +289,8 @@ class Screener:
             processes.barrier()
         mine = [k for k in range(len(shards)) if k % processes.world_size == processes.rank]
         records: dict[int, list[dict]] = {}
-        with tqdm(total=len(mine), desc="screening shards", unit="shard",
-                  disable=not self.config.progress or len(mine) < 2) as bar:
+        with tqdm(total=sum(len(shards[k]) for k in mine), desc="screening", unit="row",
+                  disable=not self.config.progress) as bar:
             for k in mine:
                 path = checkpoint / f"shard-{k:05d}.jsonl" if checkpoint else None
                 if path is None or not path.exists():
@@ -299,7 +299,7 @@ class Screener:
                         _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
                     if self.on_shard_done is not None:
                         self.on_shard_done(k)
-                bar.update(1)
+                bar.update(len(shards[k]))
         processes.barrier()
         merged = []
         for k in range(len(shards)):
