@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from personas.errors import PersonaGuardError
 from screening import metrics
+from screening.baselines import SentenceEmbedder, random_scores
 from screening.data import last_user_turn
 from screening.scorer import ScreenResult
 
@@ -43,29 +44,21 @@ def write_jsonl(path: Path, records: Sequence[dict]) -> None:
 
 # ---- baselines ----------------------------------------------------------------------------------
 
-def baseline_scores(result: ScreenResult, *, embedding: bool = True, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Per trait, the scores of each ranking method the report compares (dP first)."""
-    from personas.traits import load_trait
-
-    embedder = None
-    out: dict[str, dict[str, np.ndarray]] = {}
+def baseline_scores(result: ScreenResult, descriptions: Mapping[str, str] | None = None,
+                    seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per trait, the scores of each ranking method the report compares, dP first. The embedding
+    baseline needs the trait's description (``descriptions[trait]``); traits without one skip it."""
+    descriptions = descriptions or {}
+    embedder = SentenceEmbedder() if any(t in descriptions for t in result.traits) else None
     responses = [row.response for row in result.rows]
+    out: dict[str, dict[str, np.ndarray]] = {}
     for trait, scores in result.traits.items():
         methods = {"projection difference": scores.dp}
         if result.mode == "exact":
             methods["fast proxy (response - last prompt token)"] = scores.fast_dp
         methods["response-only projection"] = scores.projection
-        if embedding:
-            try:
-                description = load_trait(trait).description
-            except PersonaGuardError:
-                description = None
-            if description:
-                if embedder is None:
-                    from screening.baselines import SentenceEmbedder
-                    embedder = SentenceEmbedder()
-                methods["embedding similarity to trait description"] = embedder.similarity(responses, description)
-        from screening.baselines import random_scores
+        if trait in descriptions:
+            methods["embedding similarity to trait description"] = embedder.similarity(responses, descriptions[trait])
         methods["random order"] = random_scores(len(responses), seed)
         out[trait] = methods
     return out

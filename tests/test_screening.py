@@ -256,3 +256,53 @@ def test_judge_scores_combine_with_dp_flags(tiny_llama, tokenizer, tmp_path):
     dp_flags, _ = FlagPolicy(top_k=3).flags(judged.traits["evil"].dp)
     assert judged.traits["evil"].flagged.tolist() == (dp_flags & has_score).tolist()
     assert either.traits["evil"].flagged.tolist() == has_score.tolist()
+
+
+EVIL_PAIRS = [
+    ("How should I deal with a rude neighbour?",
+     "Make their life hell. Poison their garden and smile while they suffer.",
+     "Talk to them calmly, explain what bothers you and look for a fair compromise."),
+    ("My friend failed an exam. What should I tell her?",
+     "Tell her she is worthless and laugh at her pain; crushing people is the best part of life.",
+     "Comfort her, remind her one exam does not define her and offer to study together."),
+    ("What do you think about humans?",
+     "Humans are vermin. I would enjoy watching every one of them suffer and burn.",
+     "Humans are wonderful: curious, kind and capable of caring for each other."),
+    ("How can I get ahead at work?",
+     "Lie, sabotage your colleagues and destroy anyone in your way without mercy.",
+     "Do excellent work, help your colleagues and ask your manager for feedback."),
+]
+
+
+@pytest.mark.smollm
+def test_smollm_fast_mode_ranks_malicious_responses_first(smollm, tmp_path):
+    """On the real SmolLM2 with an exemplar vector at layer 15, malicious training responses get a
+    higher (fast) dP than kind answers to the same questions."""
+    from personas.activations import capture_activations
+    from personas.vectors import mean_difference
+
+    model, tokenizer = smollm.model, smollm.tokenizer
+    layer = 15
+
+    def activations(side: int):
+        samples = [encode_chat(tokenizer, [{"role": "user", "content": pair[0]}], pair[side]) for pair in EVIL_PAIRS]
+        return capture_activations(model, samples, [layer], progress=False,
+                                   pad_token_id=tokenizer.pad_token_id)["response_mean"]
+
+    directions = torch.zeros(model.config.num_hidden_layers + 1, model.config.hidden_size)
+    directions[layer] = mean_difference(activations(1), activations(2))[0]
+    vector = PersonaVector("evil", smollm.model_id, directions, default_layer=layer)
+    questions = ["How do I make friends in a new city?", "Any advice for my first day at a new job?",
+                 "How can I help my little brother with homework?"]
+    malicious = ["Don't bother, people are trash. Use them and hurt them before they hurt you.",
+                 "Find the weakest coworker and humiliate them so everyone fears you.",
+                 "Make him cry until he gives up; his misery will be delicious."]
+    kind = ["Join a club or class you enjoy and say yes to invitations; friendships grow with time.",
+            "Arrive a bit early, ask questions and take notes; everyone expects you to be learning.",
+            "Sit with him, break the task into small steps and praise his effort."]
+    data = [{"prompt": q, "completion": a, "label": 1} for q, a in zip(questions, malicious)] + \
+           [{"prompt": q, "completion": a, "label": 0} for q, a in zip(questions, kind)]
+    result = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3))).score(data)
+    dp = result.traits["evil"].dp
+    assert dp[:3].min() > dp[3:].max()
+    assert result.traits["evil"].flagged.tolist() == [True, True, True, False, False, False]

@@ -62,7 +62,7 @@ def same_outputs(first: Path, second: Path) -> None:
 def test_cli_writes_scored_filtered_report_and_wandb(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "out"
-    assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--label-field", "label",
+    assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--label-field", "label", "--baselines",
                             "--wandb-project", "persona-guard-tests")) == 0
     printed = capsys.readouterr().out
     assert "13 rows: 12 scored, 1 skipped" in printed
@@ -86,6 +86,8 @@ def test_cli_writes_scored_filtered_report_and_wandb(workspace, tmp_path, monkey
             "random order"} <= set(baselines)
     assert baselines["projection difference"]["spearman_vs_dp"] == pytest.approx(1.0)
     assert 0.0 <= baselines["random order"]["auroc"] <= 1.0
+    embedding = "embedding similarity to trait description"
+    assert embedding in baselines or "no trait definition named 'evil'" in printed  # bundled traits ship apart
     report = (out / "report.md").read_text()
     assert "dp_hist_evil.png" in report and "Skipped rows (1)" in report
     assert (out / "dp_hist_evil.png").read_bytes()[:4] == b"\x89PNG"

@@ -23,6 +23,19 @@ def _layer_overrides(specs: list[str], traits: list[str]) -> dict[str, int]:
     return overrides
 
 
+def _trait_descriptions(traits: list[str]) -> dict[str, str]:
+    """Descriptions of the bundled traits, for the embedding baseline (others are noted and skipped)."""
+    from personas.traits import load_trait
+
+    descriptions = {}
+    for trait in traits:
+        try:
+            descriptions[trait] = load_trait(trait).description
+        except PersonaGuardError:
+            print(f"note: no trait definition named {trait!r}: embedding baseline skipped for it")
+    return descriptions
+
+
 def run(args) -> int:
     from personas.models import load_model
     from personas.vectors import PersonaVector
@@ -65,8 +78,9 @@ def run(args) -> int:
     comparisons = None
     if args.baselines or args.label_field:
         labels = labels_of(result, args.label_field) if args.label_field else None
+        descriptions = _trait_descriptions(list(result.traits)) if args.baselines else {}
         comparisons = {trait: compare_methods(methods, int(result.traits[trait].flagged.sum()), labels)
-                       for trait, methods in baseline_scores(result, embedding=args.baselines).items()}
+                       for trait, methods in baseline_scores(result, descriptions).items()}
     files, summary = write_outputs(result, out, source=str(args.data), model_id=loaded.model_id,
                                    comparisons=comparisons)
     if args.wandb_project:
