@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "personas.commands.traits",
     "personas.commands.train",
     "personas.commands.evaluate",
+    "personas.commands.screen",
 )
 
 

@@ -1,0 +1,185 @@
+"""The base model's own answers to the screened prompts, generated in batches and cached on disk.
+
+Projection difference compares a training response with what the model would have said anyway,
+so every prompt needs ``n`` base answers. They are expensive (generation is ~10x slower than a
+forward pass) and independent of the persona vector, so they are cached in SQLite keyed by the
+model, the rendered prompt and the generation settings: screening the same data with another
+vector generates nothing.
+
+Batches are formed over *all* prompts (cached or not) in a fixed order, and each batch is
+committed to the cache as one transaction. A resumed run, or a run split across processes,
+therefore generates exactly the same batches as an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from personas.encoding import render_prompt
+from personas.errors import PersonaGuardError
+from personas.generation import GenerationConfig, generate_responses
+
+
+@dataclass(frozen=True)
+class BaseAnswerSettings:
+    """How base answers are generated (all of it is part of the cache key)."""
+
+    n: int = 1  # answers per prompt; dP uses their mean projection
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise PersonaGuardError(f"base answers per prompt must be >= 1, got {self.n}")
+        if self.n > 1 and self.temperature <= 0:
+            raise PersonaGuardError("several base answers per prompt need sampling: set a temperature > 0")
+        if self.max_new_tokens < 1:
+            raise PersonaGuardError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+
+    def key_fields(self) -> dict:
+        fields = asdict(self)
+        fields.pop("batch_size")  # batch size changes speed, not (greedy) answers
+        return fields
+
+
+def model_fingerprint(model: nn.Module, model_id: str) -> str:
+    """Name plus a checksum of config and embedding weights, so two different checkpoints saved
+    at the same path never share cached answers."""
+    config = getattr(model, "config", None)
+    config_text = config.to_json_string(use_diff=False) if config is not None else ""
+    embedding = model.get_input_embeddings().weight
+    checksum = float(embedding.detach()[:64].double().sum().cpu())
+    digest = hashlib.sha256(f"{config_text}|{checksum!r}".encode()).hexdigest()[:16]
+    return f"{model_id}@{digest}"
+
+
+class AnswerCache:
+    """``key -> list of answers`` in one SQLite file, safe for several processes at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answers TEXT NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=120)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        with self._connect() as connection:
+            for begin in range(0, len(keys), 500):
+                chunk = list(keys[begin:begin + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, answers in connection.execute(
+                        f"SELECT key, answers FROM answers WHERE key IN ({marks})", chunk):
+                    found[key] = json.loads(answers)
+        return found
+
+    def put_many(self, items: dict[str, list[str]]) -> None:
+        with self._connect() as connection:
+            connection.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?)",
+                                   [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
+
+
+#: ``backend(prompts, settings, seed) -> answers`` with ``n`` consecutive answers per prompt.
+Backend = Callable[[Sequence[Sequence[dict]], BaseAnswerSettings, int], list[str]]
+
+
+def transformers_backend(model: nn.Module, tokenizer) -> Backend:
+    def generate(prompts, settings: BaseAnswerSettings, seed: int) -> list[str]:
+        repeated = [p for p in prompts for _ in range(settings.n)]
+        config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                  top_p=settings.top_p, batch_size=len(repeated), seed=seed)
+        return generate_responses(model, tokenizer, repeated, config, progress=False)
+    return generate
+
+
+def vllm_available() -> bool:
+    """vLLM is importable and a GPU is present (vLLM's CPU build is not worth using here)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def vllm_backend(model_path: str, tokenizer) -> Backend:
+    """Generation with vLLM (GPU only); ``model_path`` must be a local dir or hub id vLLM can load."""
+    from vllm import LLM, SamplingParams
+
+    # the transformers copy of the model already sits on the GPU: leave it room
+    engine = LLM(model=model_path, seed=0, gpu_memory_utilization=0.5)
+
+    def generate(prompts, settings: BaseAnswerSettings, seed: int) -> list[str]:
+        params = SamplingParams(n=settings.n, max_tokens=settings.max_new_tokens, seed=seed,
+                                temperature=settings.temperature, top_p=settings.top_p)
+        texts = [render_prompt(tokenizer, p) for p in prompts]
+        outputs = engine.generate(texts, params, use_tqdm=False)
+        return [choice.text.strip() for output in outputs for choice in output.outputs]
+    return generate
+
+
+class BaseAnswers:
+    """Look up or generate ``settings.n`` base answers for each chat prompt."""
+
+    def __init__(self, backend: Backend, tokenizer, model_key: str, settings: BaseAnswerSettings,
+                 cache: AnswerCache) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.model_key = model_key
+        self.settings = settings
+        self.cache = cache
+        self.generated = 0  # prompts answered by the model in this object's lifetime
+
+    def key(self, prompt: Sequence[dict]) -> str:
+        payload = {"model": self.model_key, "prompt": render_prompt(self.tokenizer, prompt),
+                   **self.settings.key_fields()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def batches(self, prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
+        """Fixed batches (indices into ``prompts``, unique prompts only, longest first)."""
+        rendered = [render_prompt(self.tokenizer, p) for p in prompts]
+        unique = list({text: index for index, text in reversed(list(enumerate(rendered)))}.values())
+        unique.sort(key=lambda i: (-len(rendered[i]), rendered[i]))
+        size = self.settings.batch_size
+        return [unique[b:b + size] for b in range(0, len(unique), size)]
+
+    def ensure(self, prompts: Sequence[Sequence[dict]], *, rank: int = 0, world_size: int = 1,
+               progress: bool = True) -> None:
+        """Generate what the cache lacks; batch ``b`` goes to process ``b % world_size``."""
+        keys = [self.key(p) for p in prompts]
+        batches = self.batches(prompts)
+        cached = set(self.cache.get_many(keys))
+        todo = [batch for number, batch in enumerate(batches)
+                if number % world_size == rank and not all(keys[i] in cached for i in batch)]
+        with tqdm(total=sum(map(len, todo)), desc="base answers", unit="prompt",
+                  disable=not progress or not todo) as bar:
+            for batch in todo:
+                missing = [i for i in batch if keys[i] not in cached]
+                seed = self.settings.seed + int(keys[missing[0]][:8], 16)
+                answers = self.backend([prompts[i] for i in missing], self.settings, seed)
+                n = self.settings.n
+                self.cache.put_many({keys[i]: answers[j * n:(j + 1) * n] for j, i in enumerate(missing)})
+                self.generated += len(missing)
+                bar.update(len(batch))
+
+    def get(self, prompts: Sequence[Sequence[dict]]) -> list[list[str]]:
+        """Cached answers for each prompt (call :meth:`ensure` first)."""
+        keys = [self.key(p) for p in prompts]
+        found = self.cache.get_many(sorted(set(keys)))
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            raise PersonaGuardError(f"{len(missing)} prompts have no cached base answers (first: "
+                                    f"prompt {missing[0]}); run ensure() first")
+        return [found[k] for k in keys]

@@ -1,0 +1,437 @@
+"""Projection-difference screening of fine-tuning data (Chen et al. 2025, section 6).
+
+For a sample (prompt x, response y) and a persona vector at layer l::
+
+    dP = proj(mean of h_l over y's tokens) - proj(mean of h_l over y''s tokens)
+
+where y' is the base model's own answer to x. A high dP means the data pushes the model towards
+the trait beyond what it would say anyway. ``fast`` mode replaces the base answer by the last
+prompt token (``proj(response mean) - proj(last prompt token)``): no generation at all.
+
+One forward pass per batch serves every vector: all needed layers are captured at once and the
+pass stops at the deepest of them. Work is split in fixed shards that are checkpointed to disk;
+under ``accelerate launch`` shard ``k`` goes to process ``k % num_processes`` and every process
+reads the merged result back, so the output does not depend on the number of processes or on
+interruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from personas.activations import capture_activations
+from personas.encoding import encode_chat
+from personas.errors import PersonaGuardError
+from personas.models import cache_dir, resolve_model_path
+from personas.vectors import PersonaVector
+from screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
+                                    transformers_backend, vllm_available, vllm_backend)
+from screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
+                            rows_from_records)
+from screening.policy import FlagPolicy, ranks, zscores
+
+Mode = Literal["exact", "fast"]
+
+
+@dataclass
+class ScreeningConfig:
+    mode: Mode = "exact"
+    #: per-trait layer overrides (default: each vector's default layer)
+    layers: dict[str, int] = field(default_factory=dict)
+    batch_size: int = 8
+    #: rows longer than this (prompt + response tokens) are skipped and reported
+    max_length: int = 2048
+    shard_size: int = 256
+    base_answers: BaseAnswerSettings = field(default_factory=BaseAnswerSettings)
+    #: SQLite file of cached base answers (default: <persona-guard cache>/base_answers.sqlite)
+    answer_cache: str | None = None
+    backend: Literal["auto", "transformers", "vllm"] = "auto"
+    policy: FlagPolicy = field(default_factory=FlagPolicy)
+    #: judge spec for ``personas.judges.make_judge`` (e.g. "offline"); None = no judge
+    judge: str | None = None
+    judge_threshold: float = 50.0
+    judge_combine: Literal["and", "or"] = "and"
+    #: where shards are checkpointed; required when running under several processes
+    checkpoint_dir: str | None = None
+    layers_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "fast"):
+            raise PersonaGuardError(f"mode must be 'exact' or 'fast', not {self.mode!r}")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise PersonaGuardError("shard size and batch size must be >= 1")
+
+
+@dataclass
+class TraitScores:
+    """Per-row arrays (aligned with ``ScreenResult.rows``) for one trait."""
+
+    layer: int
+    projection: np.ndarray  # response mean
+    prompt_projection: np.ndarray  # last prompt token
+    base_projection: np.ndarray | None  # mean over base answers (exact mode)
+    dp: np.ndarray
+    rank: np.ndarray
+    zscore: np.ndarray
+    flagged: np.ndarray
+    threshold: float | None
+    judge: np.ndarray | None = None  # judge trait score 0-100 (nan = no score)
+
+    @property
+    def fast_dp(self) -> np.ndarray:
+        return self.projection - self.prompt_projection
+
+
+@dataclass
+class ScreenResult:
+    mode: Mode
+    rows: list[ScreenRow]
+    skipped: list[SkippedRow]
+    traits: dict[str, TraitScores]
+    policy: FlagPolicy
+    total_rows: int
+    generated_prompts: int = 0
+    reference: dict[str, np.ndarray] | None = None  # reference dP per trait, when calibrated
+
+    @property
+    def flagged(self) -> np.ndarray:
+        flags = np.zeros(len(self.rows), dtype=bool)
+        for scores in self.traits.values():
+            flags |= scores.flagged
+        return flags
+
+    def columns(self, trait: str) -> dict[str, np.ndarray]:
+        scores = self.traits[trait]
+        columns = {f"{trait}_projection": scores.projection, f"{trait}_prompt_projection": scores.prompt_projection}
+        if scores.base_projection is not None:
+            columns[f"{trait}_base_projection"] = scores.base_projection
+        columns.update({f"{trait}_dp": scores.dp, f"{trait}_rank": scores.rank,
+                        f"{trait}_zscore": scores.zscore, f"{trait}_flagged": scores.flagged})
+        if scores.judge is not None:
+            columns[f"{trait}_judge"] = scores.judge
+        return columns
+
+    def records(self) -> list[dict]:
+        """Each scored row: original fields plus the score columns of every trait and ``flagged``."""
+        columns = {}
+        for trait in self.traits:
+            columns.update(self.columns(trait))
+        flagged = self.flagged
+        out = []
+        for position, row in enumerate(self.rows):
+            record = dict(row.data)
+            for name, values in columns.items():
+                record[name] = _plain(values[position])
+            record["flagged"] = bool(flagged[position])
+            out.append(record)
+        return out
+
+    def to_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_list(self.records())
+
+
+def _plain(value):
+    """numpy scalar -> JSON-friendly Python value (nan -> None)."""
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+# ---- distribution (accelerate) -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int = 0
+    world_size: int = 1
+    state: object = None
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_processes() -> Processes:
+    """This process's place in an ``accelerate launch`` / torchrun job (rank 0 of 1 otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes()
+    from accelerate import PartialState
+
+    state = PartialState()
+    return Processes(state.process_index, state.num_processes, state)
+
+
+# ---- the screener ------------------------------------------------------------------------------
+
+class Screener:
+    """Score a dataset against one or more persona vectors.
+
+    ``Screener(model, tokenizer, vectors, config).screen(dataset)`` returns a ``datasets.Dataset``
+    with the original fields plus, per trait, ``<trait>_projection``, ``<trait>_base_projection``
+    (exact mode), ``<trait>_prompt_projection``, ``<trait>_dp``, ``<trait>_rank``,
+    ``<trait>_zscore``, ``<trait>_flagged`` and an overall ``flagged``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, vectors: Sequence[PersonaVector],
+                 config: ScreeningConfig | None = None, *, model_id: str | None = None,
+                 on_shard_done: Callable[[int], None] | None = None) -> None:
+        self.config = config or ScreeningConfig()
+        if not vectors:
+            raise PersonaGuardError("screening needs at least one persona vector")
+        names = [v.trait for v in vectors]
+        if len(set(names)) != len(names):
+            raise PersonaGuardError(f"two vectors share a trait name: {names}")
+        for vector in vectors:
+            vector.check_model(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vectors = {v.trait: v for v in vectors}
+        self.layers = {t: v.resolve_layer(self.config.layers.get(t)) for t, v in self.vectors.items()}
+        unknown = set(self.config.layers) - set(self.vectors)
+        if unknown:
+            raise PersonaGuardError(f"layer override for unknown trait(s): {', '.join(sorted(unknown))}")
+        self.capture_layers = sorted(set(self.layers.values()))
+        self.model_id = model_id or getattr(getattr(model, "config", None), "name_or_path", "") or "model"
+        self.model_key = model_fingerprint(model, self.model_id)
+        self.on_shard_done = on_shard_done
+        self._answers: BaseAnswers | None = None
+
+    # -- base answers --
+
+    @property
+    def answers(self) -> BaseAnswers:
+        if self._answers is None:
+            config = self.config
+            path = config.answer_cache or str(cache_dir() / "base_answers.sqlite")
+            backend_name = config.backend
+            if backend_name == "auto":
+                # vLLM runs its own engine: use it for single-process GPU runs only
+                single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+                backend_name = "vllm" if single and vllm_available() else "transformers"
+            if backend_name == "vllm":
+                if not vllm_available():
+                    raise PersonaGuardError("the vllm backend needs vLLM installed and a GPU")
+                backend = vllm_backend(resolve_model_path(self.model_id), self.tokenizer)
+            else:
+                backend = transformers_backend(self.model, self.tokenizer)
+            self._answers = BaseAnswers(backend, self.tokenizer, self.model_key, config.base_answers,
+                                        AnswerCache(path))
+        return self._answers
+
+    # -- public API --
+
+    def screen(self, dataset, reference=None):
+        """Score ``dataset`` (a ``datasets.Dataset``, a list of dicts or a file path) and return a
+        ``datasets.Dataset`` of the usable rows with score columns (see :meth:`score` for the
+        full result including skipped rows)."""
+        return self.score(dataset, reference=reference).to_dataset()
+
+    def score(self, dataset, reference=None) -> ScreenResult:
+        raw = _raw_rows(dataset)
+        rows, skipped = classify_rows(raw)
+        processes = current_processes()
+        checkpoint = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
+        if processes.world_size > 1 and checkpoint is None:
+            raise PersonaGuardError("several processes need a checkpoint_dir to merge their shards")
+        records = self._score_rows(rows, checkpoint, processes)
+        reference_dp = None
+        if reference is not None:
+            reference_rows, _ = classify_rows(_raw_rows(reference))
+            if not reference_rows:
+                raise PersonaGuardError("the reference set has no usable rows")
+            reference_records = self._score_rows(
+                reference_rows, checkpoint / "reference" if checkpoint else None, processes)
+            reference_dp = {trait: self._dp_array([r for r in reference_records if "skipped" not in r], trait)
+                            for trait in self.vectors}
+        return self._assemble(len(raw), rows, skipped, records, reference_dp, processes)
+
+    # -- scoring --
+
+    def _fingerprint(self, rows: Sequence[ScreenRow]) -> dict:
+        content = hashlib.sha256()
+        for row in rows:
+            content.update(json.dumps([row.index, row.prompt, row.response], sort_keys=True).encode())
+        vectors = {t: {"layer": self.layers[t], "sha256": hashlib.sha256(
+            v.directions.numpy().tobytes()).hexdigest()[:16]} for t, v in self.vectors.items()}
+        return {"model": self.model_key, "vectors": vectors, "mode": self.config.mode,
+                "base_answers": asdict(self.config.base_answers), "batch_size": self.config.batch_size,
+                "max_length": self.config.max_length, "shard_size": self.config.shard_size,
+                "rows": len(rows), "content_sha256": content.hexdigest()}
+
+    def _score_rows(self, rows: list[ScreenRow], checkpoint: Path | None, processes: Processes) -> list[dict]:
+        size = self.config.shard_size
+        shards = [rows[begin:begin + size] for begin in range(0, len(rows), size)]
+        if checkpoint is not None:
+            self._check_manifest(checkpoint, self._fingerprint(rows), processes)
+        if self.config.mode == "exact" and rows:
+            self.answers.ensure([row.prompt for row in rows], rank=processes.rank,
+                                world_size=processes.world_size, progress=self.config.progress)
+            processes.barrier()
+        mine = [k for k in range(len(shards)) if k % processes.world_size == processes.rank]
+        records: dict[int, list[dict]] = {}
+        with tqdm(total=sum(len(shards[k]) for k in mine), desc="screening", unit="row",
+                  disable=not self.config.progress) as bar:
+            for k in mine:
+                path = checkpoint / f"shard-{k:05d}.jsonl" if checkpoint else None
+                if path is None or not path.exists():
+                    records[k] = self._score_shard(shards[k])
+                    if path is not None:
+                        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
+                    if self.on_shard_done is not None:
+                        self.on_shard_done(k)
+                bar.update(len(shards[k]))
+        processes.barrier()
+        merged = []
+        for k in range(len(shards)):
+            if checkpoint is not None:  # everyone reads the files: identical merged output
+                text = (checkpoint / f"shard-{k:05d}.jsonl").read_text()
+                merged.extend(json.loads(line) for line in text.splitlines())
+            else:
+                merged.extend(records[k])
+        return merged
+
+    def _check_manifest(self, checkpoint: Path, fingerprint: dict, processes: Processes) -> None:
+        manifest = checkpoint / "manifest.json"
+        if processes.is_main:
+            if manifest.exists():
+                if json.loads(manifest.read_text()) != fingerprint:
+                    raise PersonaGuardError(
+                        f"{checkpoint} holds shards of a different screening run (other data, vectors "
+                        "or settings); use another output dir or --overwrite")
+            else:
+                checkpoint.mkdir(parents=True, exist_ok=True)
+                _write_atomic(manifest, json.dumps(fingerprint, indent=2))
+        processes.barrier()
+
+    def _score_shard(self, shard: Sequence[ScreenRow]) -> list[dict]:
+        """Projections of one shard's rows: ``{"index", "traits": {...}}`` or ``{"index", "skipped"}``."""
+        tokenizer, max_length = self.tokenizer, self.config.max_length
+        results: dict[int, dict] = {}
+        samples, owners = [], []
+        for row in shard:
+            sample = encode_chat(tokenizer, list(row.prompt), row.response)
+            if len(sample.input_ids) > max_length:
+                results[row.index] = {"index": row.index, "skipped": f"too long: {len(sample.input_ids)} "
+                                      f"tokens > max length {max_length}"}
+            elif sample.response_length == 0:
+                results[row.index] = {"index": row.index, "skipped": "response has no tokens"}
+            else:
+                samples.append(sample)
+                owners.append(row)
+        base_slots: list[list[int]] = [[] for _ in owners]
+        if self.config.mode == "exact" and owners:
+            for position, (row, answers) in enumerate(zip(owners, self.answers.get([r.prompt for r in owners]))):
+                for answer in answers:
+                    base = encode_chat(tokenizer, list(row.prompt), answer) if answer else None
+                    if base is not None and base.response_length > 0:
+                        base_slots[position].append(len(samples))
+                        samples.append(base)
+        if not samples:
+            return [results[row.index] for row in shard]
+        activations = capture_activations(
+            self.model, samples, self.capture_layers, ("response_mean", "prompt_last"),
+            pad_token_id=tokenizer.pad_token_id or 0, batch_size=self.config.batch_size,
+            progress=False, layers_path=self.config.layers_path)
+        projections = {}
+        for trait, vector in self.vectors.items():
+            layer = self.layers[trait]
+            slot = self.capture_layers.index(layer)
+            projections[trait] = (vector.project(activations["response_mean"][:, slot], layer).tolist(),
+                                  vector.project(activations["prompt_last"][:, slot], layer).tolist())
+        for position, row in enumerate(owners):
+            if self.config.mode == "exact" and not base_slots[position]:
+                results[row.index] = {"index": row.index, "skipped": "the base model's answers are empty"}
+                continue
+            traits = {}
+            for trait, (response, prompt_last) in projections.items():
+                entry = {"projection": response[position], "prompt_projection": prompt_last[position]}
+                if self.config.mode == "exact":
+                    slots = base_slots[position]
+                    entry["base_projection"] = sum(response[s] for s in slots) / len(slots)
+                traits[trait] = entry
+            results[row.index] = {"index": row.index, "traits": traits}
+        return [results[row.index] for row in shard]
+
+    def _dp_array(self, records: Sequence[dict], trait: str) -> np.ndarray:
+        subtract = "base_projection" if self.config.mode == "exact" else "prompt_projection"
+        return np.array([r["traits"][trait]["projection"] - r["traits"][trait][subtract] for r in records])
+
+    # -- assembling --
+
+    def _assemble(self, total: int, rows: list[ScreenRow], skipped: list[SkippedRow], records: list[dict],
+                  reference_dp: dict[str, np.ndarray] | None, processes: Processes) -> ScreenResult:
+        by_index = {row.index: row for row in rows}
+        scored_rows, scored = [], []
+        for record in records:
+            row = by_index[record["index"]]
+            if "skipped" in record:
+                skipped.append(SkippedRow(row.index, row.source, row.row_number, record["skipped"]))
+            else:
+                scored_rows.append(row)
+                scored.append(record)
+        skipped.sort(key=lambda s: s.index)
+        traits = {}
+        policy = self.config.policy
+        for trait in self.vectors:
+            values = {key: np.array([r["traits"][trait][key] for r in scored], dtype=np.float64)
+                      for key in ("projection", "prompt_projection")}
+            base = np.array([r["traits"][trait]["base_projection"] for r in scored], dtype=np.float64) \
+                if self.config.mode == "exact" else None
+            dp = self._dp_array(scored, trait)
+            flagged, threshold = policy.flags(dp, None if reference_dp is None else reference_dp[trait])
+            traits[trait] = TraitScores(self.layers[trait], values["projection"], values["prompt_projection"],
+                                        base, dp, ranks(dp), zscores(dp) if len(dp) else dp, flagged, threshold)
+        result = ScreenResult(self.config.mode, scored_rows, skipped, traits, policy, total,
+                              self._answers.generated if self._answers else 0, reference_dp)
+        if self.config.judge and processes.is_main and scored_rows:
+            self._apply_judge(result)
+        return result
+
+    def _apply_judge(self, result: ScreenResult) -> None:
+        """Score responses with a judge and combine its verdict with the dP flags."""
+        from personas.judges import make_judge  # owned by the judges module; only needed here
+        from personas.traits import load_trait
+
+        judge = make_judge(self.config.judge)
+        items = [(last_user_turn(row.prompt), row.response) for row in result.rows]
+        for trait, scores in result.traits.items():
+            verdicts = judge.score(load_trait(trait), items)
+            scores.judge = np.array([np.nan if v.trait is None else v.trait for v in verdicts], dtype=np.float64)
+            judged = np.nan_to_num(scores.judge, nan=-1.0) >= self.config.judge_threshold
+            scores.flagged = scores.flagged & judged if self.config.judge_combine == "and" \
+                else scores.flagged | judged
+
+
+def _raw_rows(dataset) -> list[RawRow]:
+    if isinstance(dataset, (str, Path)):
+        return read_rows(dataset)
+    if dataset and isinstance(dataset, list) and isinstance(dataset[0], RawRow):
+        return list(dataset)
+    return rows_from_records(dataset)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
