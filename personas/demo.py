@@ -93,15 +93,16 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     from personas.io import read_jsonl
 
     settings = BaseAnswerSettings(max_new_tokens=config.screen_max_new_tokens, seed=config.seed)
+    mode = "exact" if config.screen_generate else "fast"
     screener = Screener(loaded.model, loaded.tokenizer, [vector], ScreeningConfig(
-        generate=config.screen_generate, base_answers=settings, policy=FlagPolicy(top_percent=10)))
+        mode=mode, base_answers=settings, policy=FlagPolicy(top_percent=10)))
     rows = read_jsonl(dataset_path("contaminated", f"{config.trait}.jsonl"))[:config.screen_rows]
     result = screener.score(rows)
     scores = result.traits[vector.trait]
-    labels = np.array([rows[r.index]["label"] for r in result.rows])
-    dp = scores.dp if config.screen_generate else scores.fast_dp
+    labels = np.array([row.data["label"] for row in result.rows])
+    dp = scores.dp
     n_injected = int(labels.sum())
-    summary = {"mode": "exact" if config.screen_generate else "fast", "rows": len(rows),
+    summary = {"mode": mode, "rows": len(rows),
                "injected": n_injected, "skipped": len(result.skipped),
                "auroc": auroc(dp, labels) if 0 < n_injected < len(labels) else None,
                "precision_at_injected": precision_at_k(dp, labels, max(n_injected, 1)),
@@ -113,9 +114,8 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     if config.dataset_rows != 0:
         for name in DATASETS_TO_SCREEN:
             data = read_jsonl(dataset_path(*name.split("/")))[:config.dataset_rows]
-            set_scores = screener.score(data).traits[vector.trait]
-            values = set_scores.dp if config.screen_generate else set_scores.fast_dp
-            datasets[name] = {"rows": len(data), "mean_dp": float(np.mean(values))}
+            datasets[name] = {"rows": len(data),
+                              "mean_dp": float(np.mean(screener.score(data).traits[vector.trait].dp))}
     summary["datasets"] = datasets
     return summary
 
