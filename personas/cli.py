@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "personas.commands.vector",
     "personas.commands.steer",
     "personas.commands.monitor",
+    "personas.commands.serve",
+    "personas.commands.extract",
 )
 
 
