@@ -19,6 +19,9 @@ COMMAND_MODULES = (
     "personas.commands.monitor",
     "personas.commands.serve",
     "personas.commands.extract",
+    "personas.commands.select_layer",
+    "personas.commands.judge",
+    "personas.commands.trait_generate",
 )
 
 

@@ -118,19 +118,25 @@ def per_layer_separation(vector: PersonaVector, pos: torch.Tensor, neg: torch.Te
     return result
 
 
+def _heldout_samples(tokenizer, trait: Trait) -> list:
+    """Held-out exemplar answers (eval questions, no system prompt): all pos, then all neg."""
+    heldout = trait.heldout_exemplars()
+    return [encode_chat(tokenizer, [{"role": "user", "content": e.question}], answer)
+            for answers in ([e.pos for e in heldout], [e.neg for e in heldout])
+            for e, answer in zip(heldout, answers)]
+
+
 def heldout_activations(model, tokenizer, trait: Trait, layers: Sequence[int], *, batch_size: int = 8,
                         layers_path: str | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Response-mean activations of the held-out exemplar answers (no system prompt): (pos, neg)."""
-    heldout = trait.heldout_exemplars()
-    if not heldout:
+    """Response-mean activations of the held-out exemplar answers: (pos, neg)."""
+    samples = _heldout_samples(tokenizer, trait)
+    if not samples:
         raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on eval questions (held-out set)")
-    samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], answer)
-               for answers in ([e.pos for e in heldout], [e.neg for e in heldout])
-               for e, answer in zip(heldout, answers)]
     acts = capture_activations(model, samples, layers, ("response_mean",), pad_token_id=tokenizer.pad_token_id,
                                batch_size=batch_size, progress=progress, desc="held-out exemplars",
                                layers_path=layers_path)["response_mean"]
-    return acts[:len(heldout)], acts[len(heldout):]
+    half = len(samples) // 2
+    return acts[:half], acts[half:]
 
 
 def heldout_separation(vector: PersonaVector, model, tokenizer, trait: Trait, layers: Sequence[int] | None = None,
@@ -309,17 +315,22 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
         report["pairs"] = {"total": len(exemplars), "kept": len(exemplars), "dropped": 0, "drop_reasons": {}}
         pos_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.pos) for e in exemplars]
         neg_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.neg) for e in exemplars]
-    acts = capture_activations(model, pos_samples + neg_samples, layers, (config.method,),
+    heldout_samples = _heldout_samples(tokenizer, trait)
+    # one pass over the extraction samples and the held-out exemplars
+    reductions = tuple(dict.fromkeys((config.method, "response_mean")))
+    acts = capture_activations(model, pos_samples + neg_samples + heldout_samples, layers, reductions,
                                pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
-                               progress=progress, desc="capturing activations",
-                               layers_path=config.layers_path)[config.method]
-    pos_acts, neg_acts = acts[:len(pos_samples)], acts[len(pos_samples):]
+                               progress=progress, desc="capturing activations", layers_path=config.layers_path)
+    n_pos, n_train = len(pos_samples), len(pos_samples) + len(neg_samples)
+    pos_acts, neg_acts = acts[config.method][:n_pos], acts[config.method][n_pos:n_train]
     vector = PersonaVector(trait=trait.name, model_id=model_id, directions=mean_difference(pos_acts, neg_acts),
                            method=config.method, n_pos=len(pos_samples), n_neg=len(neg_samples))
     training = per_layer_separation(vector, pos_acts, neg_acts, layers)
-    heldout = heldout_separation(vector, model, tokenizer, trait, layers, batch_size=config.batch_size,
-                                 layers_path=config.layers_path, progress=progress) \
-        if trait.heldout_exemplars() else None
+    heldout = None
+    if heldout_samples:
+        held = acts["response_mean"][n_train:]
+        half = len(heldout_samples) // 2
+        heldout = per_layer_separation(vector, held[:half], held[half:], layers)
     vector.default_layer = best_layer(heldout or training)
     report["default_layer"] = vector.default_layer
     report["default_layer_rule"] = "max held-out AUROC" if heldout else "max training AUROC (no held-out exemplars)"
