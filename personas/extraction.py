@@ -95,8 +95,8 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """P(score of a random pos > score of a random neg), ties count half."""
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    diff = pos.float()[:, None] - neg.float()[None, :]
-    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+    diff = pos.double()[:, None] - neg.double()[None, :]
+    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
 
 
 def effect_size(pos: torch.Tensor, neg: torch.Tensor) -> float:
