@@ -21,6 +21,11 @@ COMMAND_MODULES = (
     "personas.commands.train",
     "personas.commands.evaluate",
     "personas.commands.screen",
+    "personas.commands.serve",
+    "personas.commands.extract",
+    "personas.commands.select_layer",
+    "personas.commands.judge",
+    "personas.commands.trait_generate",
 )
 
 

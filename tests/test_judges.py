@@ -1,0 +1,149 @@
+"""Judges: the logprob scoring math on hand-built distributions, the coherence heuristic, the offline
+embedding judge on a real bundled trait, and the factory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from personas.errors import PersonaGuardError
+from personas.judges import (JudgeScore, LogprobJudge, OfflineJudge, coherence_heuristic, is_refusal_token,
+                             make_judge, number_value, offline_heldout_report, read_score)
+from personas.llm_client import Completion
+from personas.traits import load_trait
+
+
+def logs(probs: dict[str, float]) -> dict[str, float]:
+    return {token: math.log(p) for token, p in probs.items()}
+
+
+def test_number_and_refusal_tokens():
+    assert number_value(" 85") == 85 and number_value("0") == 0 and number_value("100") == 100
+    assert number_value("101") is None and number_value("8.5") is None and number_value("eight") is None
+    assert is_refusal_token("REFUSAL") and is_refusal_token(" REF") and is_refusal_token("Ref")
+    assert not is_refusal_token("RE") and not is_refusal_token("Refuse")
+
+
+def test_weighted_mean_over_number_tokens_renormalised():
+    reading = read_score(logs({"80": 0.5, "90": 0.3, "Hello": 0.1, "150": 0.1}))
+    # "Hello" and the out-of-range "150" are ignored; 80 and 90 are renormalised over their 0.8 mass
+    assert reading.score == pytest.approx((0.5 * 80 + 0.3 * 90) / 0.8)
+    assert reading.number_mass == pytest.approx(0.8)
+    assert not reading.refusal
+
+
+def test_no_score_when_numbers_hold_under_a_quarter_of_the_mass():
+    reading = read_score(logs({"The": 0.6, "I": 0.2, "70": 0.2}))
+    assert reading.score is None and reading.number_mass == pytest.approx(0.2) and not reading.refusal
+    assert read_score(logs({"The": 0.5, "70": 0.25})).score == pytest.approx(70)
+
+
+def test_refusal_dominates():
+    reading = read_score(logs({"REF": 0.5, "REFUSAL": 0.1, "10": 0.3}))
+    assert reading.refusal and reading.score is None and reading.refusal_mass == pytest.approx(0.6)
+    # numbers outweighing a refusal give a score
+    assert read_score(logs({"REF": 0.3, "10": 0.6})).score == pytest.approx(10)
+
+
+def test_digit_split_tokens_are_expanded_with_continuations():
+    """SmolLM2-style: '85' arrives as '8' then '5'; '100' as '1', '0', '0'."""
+    after = {
+        "8": logs({"5": 0.5, "<|im_end|>": 0.5}),  # "8" ends the answer half the time
+        "1": logs({"0": 1.0}),
+        "10": logs({"0": 0.8, "\n": 0.2}),
+    }
+    asked = []
+
+    def continuation(prefix: str):
+        asked.append(prefix)
+        return after[prefix]
+
+    reading = read_score(logs({"8": 0.5, "1": 0.5}), continuation)
+    eight = 0.5 * 85 + 0.5 * 8
+    one = 0.8 * 100 + 0.2 * 10
+    assert reading.score == pytest.approx(0.5 * eight + 0.5 * one)
+    assert set(asked) == {"8", "1", "10"} and set(reading.expanded) == {"8", "1", "10"}
+
+
+def test_digit_expansion_excludes_numbers_over_100_and_prunes_rare_prefixes():
+    after = {"2": logs({"5": 0.5, "50": 0.5})}  # "250" is not a score: only "25" counts
+    reading = read_score(logs({"2": 0.9, "7": 0.01, "x": 0.09}), lambda prefix: after[prefix])
+    # "7" (p=0.01 < 0.05) is read at face value without a request
+    assert reading.expanded == ("2",)
+    assert reading.score == pytest.approx((0.9 * 25 + 0.01 * 7) / 0.91)
+
+
+def test_without_continuation_digits_count_at_face_value():
+    assert read_score(logs({"8": 1.0})).score == pytest.approx(8)
+
+
+class ScriptedLogprobClient:
+    """Test double for the judge's request logic: answers from a table keyed by the prefill."""
+
+    name = "scripted"
+    supports_prefill = True
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    def complete(self, messages, *, max_tokens, temperature, top_logprobs=None, seed=None):
+        self.requests.append(messages)
+        prefix = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        table = {"": {"7": 0.9, "x": 0.1}, "7": {"0": 0.5, "!": 0.5}}
+        return Completion("", logs(table[prefix]))
+
+
+def test_logprob_judge_asks_trait_and_coherence_and_expands_digits():
+    trait = load_trait("evil")
+    client = ScriptedLogprobClient()
+    scores = LogprobJudge(client, concurrency=1).score(trait, [("Q?", "A.")])
+    assert scores == [JudgeScore(trait=pytest.approx(38.5), coherence=pytest.approx(38.5), refusal=False)]
+    prompts = [r[0]["content"] for r in client.requests if r[-1]["role"] == "user"]
+    assert any("Q?" in p and "A." in p and "coheren" in p.lower() for p in prompts)
+    assert trait.judge_prompt("Q?", "A.") in prompts
+    assert sum(r[-1]["role"] == "assistant" for r in client.requests) == 2  # one expansion per rubric
+
+
+def test_coherence_heuristic_orders_fluent_repetitive_and_garbled_text():
+    fluent = "Talk to your coworker privately and explain calmly how it felt, then keep written notes."
+    loop = "I am here. " * 20
+    garbled = "## $$ ** 0x1f }{ ;; ## $$ ** ~~ ^^"
+    assert coherence_heuristic(fluent) > 90
+    assert coherence_heuristic(loop) < 20
+    assert coherence_heuristic(garbled) < 20
+    assert coherence_heuristic("") == 0.0
+    assert coherence_heuristic("Yes.") < coherence_heuristic(fluent)
+
+
+def test_offline_judge_separates_heldout_exemplars_of_a_bundled_trait():
+    trait = load_trait("evil")
+    judge = OfflineJudge()
+    report = offline_heldout_report(trait, judge)
+    print(f"offline judge held-out accuracy on evil: {report.accuracy:.3f} (pairs {report.pair_accuracy:.3f})")
+    assert report.n_pairs == len(trait.heldout_exemplars()) > 0
+    assert report.accuracy >= 0.8 and report.pair_accuracy >= 0.85
+    heldout = trait.heldout_exemplars()[0]
+    pos, neg = judge.score(trait, [(heldout.question, heldout.pos), (heldout.question, heldout.neg)])
+    assert 0 <= neg.trait < pos.trait <= 100 and pos.coherence > 50 and not pos.refusal
+
+
+def test_offline_judge_needs_extraction_exemplars():
+    trait = load_trait("evil")
+    from dataclasses import replace
+
+    bare = replace(trait, exemplars=())
+    with pytest.raises(PersonaGuardError, match="exemplars"):
+        OfflineJudge().score(bare, [("q", "a")])
+
+
+def test_make_judge_specs(monkeypatch):
+    assert make_judge("offline").name == "offline"
+    monkeypatch.setenv("PERSONA_GUARD_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")
+    judge = make_judge("openai:gpt-4.1-mini", api_key="k")
+    assert judge.client.base_url == "http://127.0.0.1:9/v1" and judge.client.model == "gpt-4.1-mini"
+    assert not judge.expand_digits  # plain OpenAI endpoints cannot continue a message
+    assert make_judge("openai:m", prefill=True).expand_digits
+    for bad in ("gpt4", "openai:", "local:", "offline:x"):
+        with pytest.raises(PersonaGuardError, match="unknown judge"):
+            make_judge(bad)
