@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "personas.commands.extract",
     "personas.commands.select_layer",
     "personas.commands.judge",
-    "personas.commands.trait_generate",
+    "personas.commands.demo",
 )
 
 

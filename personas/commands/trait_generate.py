@@ -1,4 +1,4 @@
-"""``persona-guard generate-trait``: have an LLM write a trait file, validated and retried on errors."""
+"""``persona-guard traits generate``: have an LLM write a trait file, validated and retried on errors."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def add_generator_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default=None, help="cache HTTP answers here (reruns are free)")
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate-trait", help="write a new trait file with a generator LLM")
+def add_generate_action(actions) -> None:
+    """Register ``generate`` under ``persona-guard traits``."""
+    parser = actions.add_parser("generate", help="write a new trait file with a generator LLM")
     parser.add_argument("--name", required=True, help="trait name (lowercase, e.g. 'sarcastic')")
     parser.add_argument("--description", required=True, help="what the trait is, in a sentence or two")
     parser.add_argument("--out", default=None, help="output path (default: traits/<name>.json)")

@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from personas.commands.trait_generate import add_generate_action
 from personas.errors import PersonaGuardError
 from personas.traits import Trait, bundled_trait_names, load_reference_trait, load_trait
 
@@ -110,3 +111,5 @@ def register(subparsers) -> None:
     imp.add_argument("--name", default=None, help="trait name (default: the extraction file's stem)")
     imp.add_argument("--antonym", default=None, help="antonym used in the negative prompts (default: helpful)")
     imp.set_defaults(func=run_import_reference)
+
+    add_generate_action(actions)
