@@ -202,24 +202,30 @@ def _generate_answers(model, tokenizer, trait: Trait, pairs: Sequence[Pair], con
                       model_id: str, cache: JsonlCache, progress: bool) -> int:
     fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, seed=config.seed)
-    todo = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")
-            if pair.key(polarity, fingerprint) not in cache]
+    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
     chunk = max(1, config.batch_size)
-    with tqdm(total=len(todo), desc=f"generating {trait.name} answers", disable=not progress, unit="answer") as bar:
-        for begin in range(0, len(todo), chunk):
-            part = todo[begin:begin + chunk]
+    # Fixed chunks over the full item list, each seeded by its index: an answer depends only on the
+    # configuration, not on what an earlier (interrupted) run already cached.
+    chunks = [(index, items[begin:begin + chunk]) for index, begin in enumerate(range(0, len(items), chunk))]
+    todo = [(index, part) for index, part in chunks
+            if any(p.key(polarity, fingerprint) not in cache for p, polarity in part)]
+    generated = 0
+    with tqdm(total=sum(len(part) for _, part in todo), desc=f"generating {trait.name} answers",
+              disable=not progress, unit="answer") as bar:
+        for index, part in todo:
             prompts = [_prompt(trait.instructions[p.instruction].pos if polarity == "pos"
                                else trait.instructions[p.instruction].neg, p.question) for p, polarity in part]
-            # the seed depends on the items, not on how much was cached before: reruns reproduce
-            seed = config.seed + int(hashlib.sha256(part[0][0].key(part[0][1], fingerprint).encode()).hexdigest()[:6], 16)
             answers = generate_responses(model, tokenizer, prompts, GenerationConfig(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                batch_size=chunk, seed=seed), progress=False)
+                batch_size=chunk, seed=config.seed + 1000 * index), progress=False)
+            new = [(p, polarity, answer) for (p, polarity), answer in zip(part, answers)
+                   if p.key(polarity, fingerprint) not in cache]
             cache.extend([{"key": p.key(polarity, fingerprint), "polarity": polarity, "question": p.question,
                            "instruction": p.instruction, "sample": p.sample, "seed": config.seed,
-                           "answer": answer} for (p, polarity), answer in zip(part, answers)])
+                           "answer": answer} for p, polarity, answer in new])
+            generated += len(new)
             bar.update(len(part))
-    return len(todo)
+    return generated
 
 
 def _judge_answers(judge: Judge, trait: Trait, items: Sequence[tuple[str, str]], cache: JsonlCache,

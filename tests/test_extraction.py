@@ -115,7 +115,7 @@ def test_smollm_evil_extraction_separates_heldout_exemplars(smollm, evil, tmp_pa
     """The CI check: SmolLM2's own answers under evil/kind prompts give a direction whose layer-15
     projection separates the trait's held-out exemplar answers. SmolLM2 follows "be evil" prompts
     weakly, so the trait answer only needs a judge score >= 20 here (the paper uses 50)."""
-    config = ExtractionConfig(questions=4, n_per_question=1, max_new_tokens=48, pos_threshold=20, min_pairs=3)
+    config = ExtractionConfig(questions=6, n_per_question=1, max_new_tokens=48, pos_threshold=20, min_pairs=3)
     result = extract_vector(smollm.model, smollm.tokenizer, evil, tmp_path, model_id="smollm2-135m",
                             judge=OfflineJudge(), config=config, progress=False)
     layer15 = result.report["layers"][15]
