@@ -93,7 +93,7 @@ def main() -> None:
     outputs = {}
     runs = {
         "paper loop": lambda: paper_loop(model, tokenizer, rows, vector, args.layer),
-        "persona-guard": lambda: screener.score(rows).traits["probe"].projection.tolist(),
+        "persona-guard": lambda: screener.score([row.data for row in rows]).traits["probe"].projection.tolist(),
         "bare forward": lambda: bare_forward(model, tokenizer, rows, args.layer, args.batch_size),
     }
     for _ in range(args.rounds):

@@ -159,7 +159,7 @@ def plot_histogram(path: Path, trait: str, result: ScreenResult) -> Path:
                     else f"fast proxy dP (layer {scores.layer})")
     axes.set_ylabel("samples")
     axes.set_title(f"{trait}: {len(scores.dp)} samples, {int(scores.flagged.sum())} flagged")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(figure)

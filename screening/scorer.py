@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 

@@ -15,7 +15,6 @@ from personas.errors import PersonaGuardError
 from personas.vectors import PersonaVector
 from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
 from screening.data import classify_rows
-from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 
 SETTINGS = BaseAnswerSettings(max_new_tokens=6, batch_size=4)

@@ -56,6 +56,8 @@ def run(args) -> int:
     if args.overwrite and processes.is_main and shards.exists():
         shutil.rmtree(shards)
     processes.barrier()
+    raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
+    reference_rows = read_rows(args.reference) if args.reference else None
     vectors = [PersonaVector.load(path) for path in args.vector]
     device = processes.state.device if processes.state is not None else args.device
     loaded = load_model(args.model, device=device, dtype=args.dtype)
@@ -71,8 +73,7 @@ def run(args) -> int:
         checkpoint_dir=str(shards), layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
-    result = screener.score(read_rows(args.data, args.split),
-                            reference=read_rows(args.reference) if args.reference else None)
+    result = screener.score(raw_rows, reference=reference_rows)
     if not processes.is_main:
         return 0
     comparisons = None
