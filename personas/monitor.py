@@ -15,7 +15,7 @@ from torch import nn
 from personas.activations import capture_activations
 from personas.encoding import Message, encode_conversation
 from personas.errors import PersonaGuardError
-from personas.vectors import PersonaVector
+from personas.vectors import PersonaVector, vectors_by_trait
 
 
 @dataclass
@@ -57,16 +57,9 @@ class PersonaMonitor:
                  layers: Mapping[str, int] | None = None,
                  thresholds: Mapping[str, Threshold] | None = None,
                  batch_size: int = 8, layers_path: str | None = None) -> None:
-        if not vectors:
-            raise PersonaGuardError("PersonaMonitor needs at least one vector")
-        names = [v.trait for v in vectors]
-        if len(set(names)) != len(names):
-            raise PersonaGuardError(f"two vectors share a trait name: {names}")
-        for vector in vectors:
-            vector.check_model(model)
+        self.vectors = vectors_by_trait(vectors, model, "PersonaMonitor")
         self.model = model
         self.tokenizer = tokenizer
-        self.vectors = {v.trait: v for v in vectors}
         self.layers = {v.trait: v.resolve_layer((layers or {}).get(v.trait)) for v in vectors}
         self.thresholds = dict(thresholds or {})
         self.batch_size = batch_size

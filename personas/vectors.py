@@ -207,3 +207,15 @@ def mean_difference(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     if pos.shape[0] == 0 or neg.shape[0] == 0:
         raise PersonaGuardError(f"need samples on both sides, got {pos.shape[0]} pos and {neg.shape[0]} neg")
     return pos.float().mean(0) - neg.float().mean(0)
+
+
+def vectors_by_trait(vectors, model, user: str) -> dict[str, PersonaVector]:
+    """Index vectors by trait, checking each fits ``model``; ``user`` names the caller in errors."""
+    if not vectors:
+        raise PersonaGuardError(f"{user} needs at least one persona vector")
+    names = [v.trait for v in vectors]
+    if len(set(names)) != len(names):
+        raise PersonaGuardError(f"{user}: two vectors share a trait name: {names}")
+    for vector in vectors:
+        vector.check_model(model)
+    return {v.trait: v for v in vectors}

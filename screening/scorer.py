@@ -33,7 +33,7 @@ from personas.activations import capture_activations
 from personas.encoding import encode_chat
 from personas.errors import PersonaGuardError
 from personas.models import cache_dir, resolve_model_path
-from personas.vectors import PersonaVector
+from personas.vectors import PersonaVector, vectors_by_trait
 from screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
                                     transformers_backend, vllm_available, vllm_backend)
 from screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
@@ -195,16 +195,9 @@ class Screener:
                  config: ScreeningConfig | None = None, *, model_id: str | None = None,
                  on_shard_done: Callable[[int], None] | None = None) -> None:
         self.config = config or ScreeningConfig()
-        if not vectors:
-            raise PersonaGuardError("screening needs at least one persona vector")
-        names = [v.trait for v in vectors]
-        if len(set(names)) != len(names):
-            raise PersonaGuardError(f"two vectors share a trait name: {names}")
-        for vector in vectors:
-            vector.check_model(model)
+        self.vectors = vectors_by_trait(vectors, model, "screening")
         self.model = model
         self.tokenizer = tokenizer
-        self.vectors = {v.trait: v for v in vectors}
         self.layers = {t: v.resolve_layer(self.config.layers.get(t)) for t, v in self.vectors.items()}
         unknown = set(self.config.layers) - set(self.vectors)
         if unknown:

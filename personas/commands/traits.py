@@ -87,7 +87,7 @@ def run_import_reference(args) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("traits", help="list, show, validate or import trait files")
+    parser = subparsers.add_parser("traits", help="list, show, validate, import or generate trait files")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="the bundled traits, one line each")
