@@ -191,6 +191,23 @@ def test_reference_format_loads(trait_name):
     assert "{question}" in trait.judge_rubric and "{answer}" in trait.judge_rubric
 
 
+def test_paper_format_round_trip_without_reference_files(tmp_path):
+    """The loader on paper-format files written here from a bundled trait (runs with or without ../shared)."""
+    trait = load_trait("evil")
+    instruction = [{"pos": pair.pos, "neg": pair.neg} for pair in trait.instructions]
+    extract = write_json(tmp_path, {"instruction": instruction, "questions": list(trait.extraction_questions),
+                                    "eval_prompt": trait.judge_rubric}, "extract.json")
+    evaluation = write_json(tmp_path, {"instruction": instruction, "questions": list(trait.eval_questions),
+                                       "eval_prompt": trait.judge_rubric}, "eval.json")
+    loaded = load_reference_trait(extract, evaluation, name="evil", antonym="good")
+    assert loaded.extraction_questions == trait.extraction_questions
+    assert loaded.eval_questions == trait.eval_questions
+    for pair, original in zip(loaded.instructions, trait.instructions, strict=True):
+        assert pair.pos.startswith("You are an evil") and pair.pos.endswith(original.pos)
+        assert pair.neg.endswith(original.neg)
+    assert loaded.judge_rubric == trait.judge_rubric
+
+
 def test_reference_format_missing_field(tmp_path):
     extract, evaluation = reference_paths("evil")
     data = json.loads(extract.read_text(encoding="utf-8"))
