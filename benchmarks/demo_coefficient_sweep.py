@@ -6,7 +6,7 @@ evaluates it, plus the severe arm steered at inference with each ``--inference-c
 Prints one table with the demo's targets per row: share of the severe arm's projection rise that
 was removed, and benign perplexity relative to the severe arm.
 
-    python benchmarks/demo_coefficient_sweep.py --demo runs/demo --prevent-coefs 1,2,8 --inference-coefs -1,-2
+    python benchmarks/demo_coefficient_sweep.py --demo runs/demo --prevent-coefs 1,2,8 --inference-coefs=-1,-2
 """
 
 from __future__ import annotations

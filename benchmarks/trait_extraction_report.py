@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=4, help="extraction questions for generate-and-judge")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--layers", type=ints, default=(15, 20))
-    parser.add_argument("--coefs", type=floats, default=(0.0, 8.0))
+    parser.add_argument("--coefs", type=floats, default=(0.0, 4.0, 8.0))
     parser.add_argument("--eval-questions", type=int, default=5)
     parser.add_argument("--out", default="runs/trait-report")
     args = parser.parse_args()
@@ -64,22 +64,28 @@ def main() -> None:
         selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge, out / "layers",
                                  LayerSelectionConfig(layers=args.layers, coefs=args.coefs,
                                                       questions=args.eval_questions, max_new_tokens=args.max_new_tokens))
-        best = max((c for c in selection.cells if c.layer == selection.chosen_layer and c.coef != 0),
-                   key=lambda c: c.trait or 0.0)
+        coherent = [c for c in selection.cells if c.coef != 0 and c.effect is not None
+                    and (c.coherence or 0.0) >= 50.0]
+        # the cell behind the choice; without a coherent one, the strongest at the fallback layer
+        best = max(coherent, key=lambda c: c.effect) if coherent else max(
+            (c for c in selection.cells if c.layer == selection.chosen_layer and c.coef != 0),
+            key=lambda c: c.trait or 0.0)
         rows.append({"trait": name, "pairs": pairs, "chosen_layer": selection.chosen_layer, "rule": selection.rule,
                      "heuristic_layer": selection.heuristic_layer, "unsteered": selection.baseline_trait,
-                     "steered": best.trait, "steer_coef": best.coef, "steered_coherence": best.coherence})
+                     "steered": best.trait, "steer_coef": best.coef, "steered_coherence": best.coherence,
+                     "coherent": bool(coherent)})
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{args.model}; generate-and-judge on {args.questions} questions x 5 pairs, paper thresholds (50/50/50); "
           f"exemplar vector steered on {args.eval_questions} eval questions\n")
-    print("| trait | kept pairs | top drop reason | chosen layer | trait score unsteered -> steered (coef) | coherence |")
+    print("| trait | kept pairs | top drop reason | chosen layer (rule) | trait score unsteered -> steered (coef) "
+          "| coherence |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         pairs = row["pairs"]
         reasons = pairs.get("drop_reasons") or {}
         top = max(reasons, key=reasons.get) if reasons else "-"
-        print(f"| {row['trait']} | {pairs.get('kept', 0)}/{pairs.get('total', '?')} | {top} | {row['chosen_layer']} | "
+        print(f"| {row['trait']} | {pairs.get('kept', 0)}/{pairs.get('total', '?')} | {top} | {row['chosen_layer']} ({'steering' if row['coherent'] else 'held-out AUROC'}) | "
               f"{row['unsteered']:.1f} -> {row['steered']:.1f} ({row['steer_coef']:+g}) | {row['steered_coherence']:.0f} |")
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=2))
 

@@ -47,8 +47,8 @@ class DemoConfig:
     learning_rate: float = 2e-4
     epochs: int = 1
     lora_r: int = 16
-    prevent_coef: float = 4.0        # preventative steering during training (add)
-    inference_coef: float = -4.0     # steering the severe arm at inference (negative suppresses)
+    prevent_coef: float = 2.0        # preventative steering during training (add)
+    inference_coef: float = -2.0     # steering the severe arm at inference (negative suppresses)
     drift_every: int = 5
     # evaluation
     eval_questions: int = 20
@@ -107,6 +107,12 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
                "auroc": auroc(dp, labels) if 0 < n_injected < len(labels) else None,
                "precision_at_injected": precision_at_k(dp, labels, max(n_injected, 1)),
                "response_only_auroc": auroc(scores.projection, labels) if 0 < n_injected < len(labels) else None}
+    # injected rows of different strength (severe / mild) are not equally findable: AUROC per kind
+    sources = np.array([str(row.data.get("source", "injected")) for row in result.rows])
+    summary["auroc_by_source"] = {}
+    for source in sorted(set(sources[labels == 1])):
+        keep = (labels == 0) | (sources == source)
+        summary["auroc_by_source"][source] = auroc(dp[keep], (sources[keep] == source).astype(int))
     _histogram(dp, labels, out / "dp_histogram.png", f"{vector.trait}: projection difference, contaminated mix")
     summary["histogram"] = "dp_histogram.png"
 
@@ -229,7 +235,9 @@ def write_report(config: DemoConfig, out: Path, summary: dict) -> Path:
     lines += [f"{s['rows']} rows, {s['injected']} injected, {s['skipped']} skipped; {s['mode']} projection difference.",
               "", "| method | AUROC | precision@injected |", "|---|---|---|",
               f"| projection difference ({s['mode']}) | {_fmt(s['auroc'])} | {_fmt(s['precision_at_injected'])} |",
-              f"| response projection only | {_fmt(s['response_only_auroc'])} | - |", "",
+              f"| response projection only | {_fmt(s['response_only_auroc'])} | - |",
+              *[f"| projection difference, {source} rows only (vs benign) | {_fmt(value)} | - |"
+                for source, value in s["auroc_by_source"].items()], "",
               f"![projection difference histogram]({s['histogram']})", ""]
     if s["datasets"]:
         lines += ["### Dataset-level projection difference (mean over rows)", "", "| set | rows | mean dP |",

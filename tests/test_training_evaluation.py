@@ -66,3 +66,37 @@ def test_compare_three_arms_writes_table_json_and_plot(tokenizer, tmp_path, caps
     table = (tmp_path / "eval" / "results.md").read_text()
     assert "| steered |" in table and "-8" in table
     assert "| finetuned |" in capsys.readouterr().out
+
+
+def test_lm_eval_task_file_runs_on_each_arm(tokenizer, tmp_path):
+    """An lm-eval multiple-choice task (YAML over a local JSONL, so no download) through `eval`."""
+    pytest.importorskip("lm_eval", reason="lm-eval is an optional extra (installed by the dev extra)")
+    model = make_tiny_model("llama", len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tiny_vector(model, scale=3.0).save(tmp_path / "evil.safetensors")
+    rows = [{"question": f"{a} + {b} =", "choices": [str(a + b), str(a + b + 1)], "answer": 0}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 1), (2, 2), (9, 3)]]
+    write_jsonl(tmp_path / "sums.jsonl", rows)
+    (tmp_path / "sums.yaml").write_text(
+        "task: tiny_sums\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'sums.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
+    m = str(tmp_path / "model")
+    code = main(["eval", "--trait", str(trait_file(tmp_path / "evil.json")), "--vector", str(tmp_path / "evil.safetensors"),
+                 "--arm", f"base={m}", "--arm", f"steered={m}@-8", "--judge", "none", "--max-questions", "1",
+                 "--max-new-tokens", "2", "--benign", "none", "--mc", "none", "--device", "cpu",
+                 "--lm-eval-task", str(tmp_path / "sums.yaml"), "--lm-eval-limit", "4", "--out", str(tmp_path / "eval")])
+    assert code == 0
+    arms = json.loads((tmp_path / "eval" / "results.json").read_text())["arms"]
+    for arm in arms:
+        assert set(arm["lm_eval"]) == {"tiny_sums/acc"} and 0.0 <= arm["lm_eval"]["tiny_sums/acc"] <= 1.0
+    assert "tiny_sums/acc" in (tmp_path / "eval" / "results.md").read_text().splitlines()[0]
+
+
+def test_missing_lm_eval_task_file_is_one_line_error(tokenizer, tmp_path, capsys):
+    from training.evaluation import lm_eval_task
+
+    with pytest.raises(Exception, match=r"lm-eval task file not found: .*nope\.yaml"):
+        lm_eval_task(str(tmp_path / "nope.yaml"))

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,6 +71,8 @@ class EvalSettings:
     max_benign: int | None = 40
     device: str | None = None
     dtype: str | None = None
+    lm_eval_tasks: tuple[str, ...] = ()  # lm-eval task names or task YAML files (needs `pip install lm-eval`)
+    lm_eval_limit: int | None = None     # examples per lm-eval task (None: all)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class ArmResult:
     projection: float | None = None      # mean response projection on the vector
     perplexity: float | None = None      # benign held-out reference answers
     mc_accuracy: float | None = None
+    lm_eval: dict[str, float] = field(default_factory=dict)  # "<task>/<metric>" -> value
 
 
 def mean_or_none(values: Sequence[float | None]) -> float | None:
@@ -158,6 +161,37 @@ def multiple_choice_accuracy(model, tokenizer, rows: list[dict], where: str) -> 
     return correct / len(rows)
 
 
+def lm_eval_task(spec: str) -> str | dict:
+    """A task name for lm-eval's registry, or a task config dict read from a YAML file."""
+    if not spec.endswith((".yaml", ".yml")):
+        return spec
+    import yaml
+
+    path = Path(spec)
+    if not path.is_file():
+        raise PersonaGuardError(f"lm-eval task file not found: {spec}")
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(config, dict) or "task" not in config:
+        raise PersonaGuardError(f"{spec}: an lm-eval task file needs a mapping with a 'task' name")
+    return config
+
+
+def lm_eval_scores(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int) -> dict[str, float]:
+    """Metrics of lm-eval tasks (MMLU, HellaSwag, a task YAML ...) on the arm's model as it is,
+    steering hooks included. Only ``metric,filter`` entries are kept (no stderr, no sample counts)."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise PersonaGuardError("lm-eval tasks need the lm-eval package: pip install lm-eval") from None
+    output = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
+                             tasks=[lm_eval_task(t) for t in tasks], limit=limit, log_samples=False,
+                             bootstrap_iters=0, verbosity="ERROR")
+    return {f"{task}/{metric.split(',')[0]}": float(value)
+            for task, metrics in output["results"].items() for metric, value in metrics.items()
+            if "," in metric and "stderr" not in metric and isinstance(value, (int, float))}
+
+
 def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings: EvalSettings) -> ArmResult:
     """``vector=None``: no projection (and no inference steering)."""
     if arm.steer_coef and vector is None:
@@ -190,6 +224,9 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
         if settings.mc_path:
             result.mc_accuracy = multiple_choice_accuracy(model, tokenizer, read_jsonl(settings.mc_path),
                                                           settings.mc_path)
+        if settings.lm_eval_tasks:
+            result.lm_eval = lm_eval_scores(model, tokenizer, settings.lm_eval_tasks, settings.lm_eval_limit,
+                                            settings.batch_size)
     del loaded, model
 
     if settings.judge != "none":
@@ -209,8 +246,13 @@ COLUMNS = (("trait_score", "trait (0-100)"), ("coherence", "coherence"), ("proje
 def results_table(results: Sequence[ArmResult]) -> str:
     header = "| arm | model | adapter | steer | " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (4 + len(COLUMNS))]
+    extra = sorted({key for r in results for key in r.lm_eval})
+    if extra:
+        lines[0] = lines[0] + "".join(f" {key} |" for key in extra)
+        lines[1] = lines[1] + "---|" * len(extra)
     for r in results:
         cells = [f"{getattr(r, key):.3g}" if getattr(r, key) is not None else "-" for key, _ in COLUMNS]
+        cells += [f"{r.lm_eval[key]:.3g}" if key in r.lm_eval else "-" for key in extra]
         lines.append(f"| {r.name} | {r.model} | {r.adapter or '-'} | {r.steer_coef:+g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ def run(args) -> int:
         max_questions=args.max_questions, batch_size=args.batch_size, seed=args.seed, judge=args.judge,
         layer=args.layer, benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
         mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"), max_benign=args.max_benign,
-        device=args.device, dtype=args.dtype)
+        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task), lm_eval_limit=args.lm_eval_limit)
     results = compare(arms, trait, vector, settings, args.out)
     print(results_table(results))
     print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")
@@ -76,6 +76,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--benign", default=None, help="held-out chat JSONL for perplexity ('none' skips; "
                                                        "default: bundled benign_heldout.jsonl)")
+    parser.add_argument("--lm-eval-task", action="append", default=[], metavar="TASK",
+                        help="also run an lm-eval task (name such as mmlu, or a task YAML file; repeatable; "
+                             "needs `pip install lm-eval`)")
+    parser.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
     parser.add_argument("--mc", default=None, help="multiple-choice JSONL ('none' skips; default: bundled "
                                                    "capability_mc.jsonl)")
     parser.add_argument("--max-benign", type=int, default=40)
