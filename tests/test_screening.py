@@ -236,11 +236,6 @@ def test_embedding_baseline_ranks_related_text_higher():
 
 
 def test_judge_scores_combine_with_dp_flags(tiny_llama, tokenizer, tmp_path):
-    pytest.importorskip("personas.judges")  # written in parallel; the judge is only imported on use
-    from personas.traits import bundled_trait_names
-
-    if "evil" not in bundled_trait_names():
-        pytest.skip("bundled 'evil' trait not present")
     model = no_special_answers(tiny_llama, tokenizer)
     vector = random_vector("evil", model, 2, 0)
     judged = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3),
