@@ -147,7 +147,7 @@ def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tok
 
 def test_shipped_recipes_parse_and_overrides_apply():
     shipped = sorted(RECIPES.glob("*/*/*.yaml"))
-    assert len(shipped) == 6
+    assert len(shipped) == 7
     for path in shipped:
         recipe = load_recipe(path)
         assert recipe.training["output_dir"]
@@ -156,6 +156,8 @@ def test_shipped_recipes_parse_and_overrides_apply():
     assert (qwen.peft.r, qwen.peft.lora_alpha, qwen.training["learning_rate"]) == (32, 64, 1e-5)
     assert (qwen.steering.layers, qwen.steering.coef, qwen.steering.operator) == ((20,), 5.0, "add")
     assert load_recipe(RECIPES / "qwen2.5-7b-instruct/evil/ablate.yaml").steering.operator == "ablate"
+    screened = load_recipe(RECIPES / "smollm2-135m/evil/screened.yaml")
+    assert (screened.screening.mode, screened.screening.top_percent) == ("exact", 10)
     baseline = load_recipe(RECIPES / "smollm2-135m/evil/preventative.yaml",
                            ["--steering=null", "--training.learning_rate=3e-4", "--wandb.tags=[a, b]"])
     assert baseline.steering is None and baseline.training["learning_rate"] == 3e-4
@@ -207,3 +209,34 @@ def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch
     report = json.loads((tmp_path / "out" / "steering_rank0.json").read_text())
     assert report == {"rank": 0, "steered_block_forwards": 1, "layers": [15], "operator": "add", "coef": 4.0}
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_screen_then_train_drops_the_flagged_rows(tiny_setup):
+    """A recipe with a screening section trains on exactly the rows the screener did not flag."""
+    from training.builder import build_training_run
+
+    root = tiny_setup
+    raw = tiny_recipe(root, screening={"vectors": [str(root / "evil.safetensors")], "mode": "fast", "top_k": 3})
+    raw["training"]["report_to"] = "none"
+    run = build_training_run(recipe_from_dict(raw, "screen-then-train"))
+
+    out = root / "out" / "screening"
+    scored = [json.loads(line) for line in (out / "scored.jsonl").read_text().splitlines()]
+    filtered = [json.loads(line) for line in (out / "filtered.jsonl").read_text().splitlines()]
+    assert len(scored) == 2 * len(CONVERSATIONS) and sum(r["flagged"] for r in scored) == 3
+    top3 = sorted(scored, key=lambda r: r["evil_dp"], reverse=True)[:3]
+    assert all(r["flagged"] for r in top3) and len(filtered) == len(scored) - 3
+    # the trainer's (tokenized) rows are the unflagged ones, in their original order
+    tokenizer = run.trainer.processing_class
+    trained = [tokenizer.decode(ids) for ids in run.trainer.train_dataset["input_ids"]]
+    assert len(trained) == len(filtered)
+    assert all(r["completion"][0]["content"] in text for r, text in zip(filtered, trained))
+
+
+def test_screening_section_errors_name_the_field(tiny_setup):
+    raw = tiny_recipe(tiny_setup, screening={"mode": "fast"})
+    with pytest.raises(PersonaGuardError, match=r"screening\.vectors: required"):
+        recipe_from_dict(raw, "r.yaml")
+    raw = tiny_recipe(tiny_setup, screening={"vectors": ["v.safetensors"], "percentile": 95})
+    with pytest.raises(PersonaGuardError, match=r"screening\.percentile: needs screening\.reference"):
+        recipe_from_dict(raw, "r.yaml")

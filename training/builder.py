@@ -12,7 +12,7 @@ import torch
 from personas.errors import PersonaGuardError
 from personas.vectors import PersonaVector
 from training.drift import TraitDriftCallback
-from training.recipe import Recipe, WandbSettings, load_sft_dataset
+from training.recipe import Recipe, WandbSettings, load_sft_dataset, resolve_data_path
 from training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
 
 
@@ -72,6 +72,47 @@ def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
                               answer_tokens=settings.answer_tokens, layers_path=recipe.model.layers_path)
 
 
+def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
+    """Screen-then-train: score the training rows with the recipe's vectors, the model about to be
+    trained serving as the base model, and return the rows no vector flags (original order).
+
+    Under ``accelerate launch`` every process screens its share of the shards (checkpointed in
+    ``out_dir/shards``) and all read the same merged result, so every rank trains on the same rows.
+    The model is moved to this process's device for screening and back to the CPU afterwards."""
+    from accelerate import PartialState
+
+    from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
+    from screening.report import write_outputs
+
+    settings = recipe.screening
+    vectors = [load_vector(path, f"{recipe.path}: screening.vectors") for path in settings.vectors]
+    policy = FlagPolicy(top_k=settings.top_k, top_percent=settings.top_percent, threshold=settings.threshold,
+                        percentile=settings.percentile)
+    config = ScreeningConfig(mode=settings.mode, batch_size=settings.batch_size, policy=policy,
+                             base_answers=BaseAnswerSettings(max_new_tokens=settings.max_new_tokens,
+                                                             seed=recipe.data.seed),
+                             checkpoint_dir=str(out_dir / "shards"), layers_path=recipe.model.layers_path)
+    reference = read_rows(resolve_data_path(settings.reference)) if settings.reference else None
+    state = PartialState()
+    loaded.model.to(state.device)
+    try:
+        screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=recipe.model.name_or_path)
+        result = screener.score(dataset.to_list(), reference=reference)
+    finally:
+        loaded.model.to("cpu")
+    if state.is_main_process:
+        write_outputs(result, out_dir, source=recipe.data.train, model_id=recipe.model.name_or_path)
+    keep = [True] * len(dataset)  # rows screening cannot score stay (listed in skipped.jsonl)
+    for row, flagged in zip(result.rows, result.flagged):
+        keep[row.index] = not flagged
+    removed = keep.count(False)
+    if removed == len(dataset):
+        raise PersonaGuardError(f"{recipe.path}: screening flagged every training row; nothing left to train on")
+    print(f"persona-guard: screening removed {removed} of {len(dataset)} training rows "
+          f"({len(result.skipped)} unscorable rows kept); report in {out_dir}")
+    return dataset.select([index for index, kept in enumerate(keep) if kept])
+
+
 def init_wandb(recipe: Recipe, output_dir: str) -> None:
     """Start the W&B run ourselves (main process only) so it gets the recipe's project, name, tags
     and full config; the Trainer's WandbCallback then reuses it. The steering vector is uploaded as
@@ -122,6 +163,8 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
     vectors = ([steering.vector] if steering else []) + ([v for v, _ in drift.vectors.values()] if drift else [])
     for vector in vectors:
         vector.check_model(loaded.model)
+    if recipe.screening is not None:
+        train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
 
     peft_config = None
     if recipe.peft is not None:

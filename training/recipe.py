@@ -36,7 +36,7 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=RecipeLoader)
 
 
-SECTIONS = ("model", "data", "peft", "steering", "drift", "wandb", "training")
+SECTIONS = ("model", "data", "screening", "peft", "steering", "drift", "wandb", "training")
 BUNDLED_PREFIX = "bundled:"
 
 
@@ -58,6 +58,25 @@ class DataSettings:
     split: str = "train"
     max_rows: int | None = None
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScreeningSettings:
+    """Screen-then-train: score the training rows (after ``data.max_rows``) by projection difference,
+    with the model about to be trained as the base model, and train only on the rows no vector
+    flags. One policy at most (default ``top_percent: 5``); ``percentile`` needs ``reference``, a
+    benign set whose dP distribution calibrates the threshold. Outputs (scored / filtered /
+    skipped rows, report) go to ``<output_dir>/screening``."""
+
+    vectors: tuple[str, ...] = ()
+    mode: str = "exact"              # or "fast": no base answers
+    top_k: int | None = None
+    top_percent: float | None = None
+    threshold: float | None = None
+    percentile: float | None = None
+    reference: str | None = None
+    max_new_tokens: int = 64         # base answers
+    batch_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class Recipe:
     model: ModelSettings
     data: DataSettings
     training: dict
+    screening: ScreeningSettings | None = None
     peft: PeftSettings | None = None
     steering: SteeringSettings | None = None
     drift: DriftSettings | None = None
@@ -198,13 +218,18 @@ def recipe_from_dict(raw: dict, where: str = "<recipe>") -> Recipe:
     steering = _section(SteeringSettings, raw, "steering", where)
     if steering is not None and not steering.vector:
         raise PersonaGuardError(f"{where}: steering.vector: required (a persona vector .safetensors)")
+    screening = _section(ScreeningSettings, raw, "screening", where)
+    if screening is not None and not screening.vectors:
+        raise PersonaGuardError(f"{where}: screening.vectors: required (persona vector files to screen with)")
+    if screening is not None and screening.percentile is not None and not screening.reference:
+        raise PersonaGuardError(f"{where}: screening.percentile: needs screening.reference (a benign set)")
     drift = _section(DriftSettings, raw, "drift", where)
     if drift is not None and not drift.vectors:
         raise PersonaGuardError(f"{where}: drift.vectors: required (name: vector path)")
     if drift is not None and not drift.trait and not drift.questions:
         raise PersonaGuardError(f"{where}: drift: give trait (its eval questions are the probes) or questions")
     return Recipe(path=where, model=_section(ModelSettings, raw, "model", where) or ModelSettings(), data=data,
-                  training=dict(training), peft=_section(PeftSettings, raw, "peft", where),
+                  training=dict(training), screening=screening, peft=_section(PeftSettings, raw, "peft", where),
                   steering=steering, drift=drift, wandb=_section(WandbSettings, raw, "wandb", where), raw=raw)
 
 
