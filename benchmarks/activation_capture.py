@@ -5,7 +5,10 @@ layer. Original pattern: one sample at a time, full forward with ``output_hidden
 then the mean over response tokens of the chosen layer. Both see the same 64 chat samples of
 ~200 tokens on the embedded SmolLM2; the results are checked to agree before timing is reported.
 
-    python benchmarks/activation_capture.py [--samples 64] [--layer 15] [--batch-size 16]
+    python benchmarks/activation_capture.py [--samples 64] [--layer 15] [--batch-size 16] [--dtype bfloat16]
+
+Measured on this project's 2-core CPU (fp32): 3.3x (1262 vs 381 tok/s); the gain is mostly the
+truncated forward (2.5x at batch 1), batching adds ~1.3x on a CPU (it pays far more on a GPU).
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default=None, help="both sides (default: fp32 on CPU); bfloat16 pays off on "
+                                                      "CPUs with avx512_bf16 / AMX")
     args = parser.parse_args()
 
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device="cpu", dtype=args.dtype)
     samples = make_samples(loaded.tokenizer, args.samples)
     tokens = sum(len(s.input_ids) for s in samples)
     print(f"{len(samples)} samples, {tokens / len(samples):.0f} tokens each on average, layer {args.layer}, "
@@ -70,7 +75,7 @@ def main() -> None:
 
     max_error = (ours - reference).abs().max().item()
     print(f"max abs difference between the two: {max_error:.2e}")
-    assert max_error < 1e-3, "results disagree"
+    assert max_error < (1e-3 if args.dtype in (None, "float32") else 0.5), "results disagree"
     print(f"persona-guard : {ours_s:7.2f} s  ({tokens / ours_s:7.0f} tok/s)")
     print(f"original loop : {original_s:7.2f} s  ({tokens / original_s:7.0f} tok/s)")
     print(f"speed-up      : {original_s / ours_s:.2f}x")
