@@ -16,11 +16,10 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from personas.bundled import dataset_path
 from personas.demo import DemoConfig, train_arm
 from personas.traits import load_trait
 from personas.vectors import PersonaVector
-from training.evaluation import Arm, EvalSettings, compare
+from training.evaluation import Arm, compare
 
 
 def floats(text: str) -> list[float]:
@@ -52,11 +51,8 @@ def main() -> None:
         arms.append(Arm(name, config.model, trained["adapter"]))
     arms += [Arm(f"severe+inference@{coef:+g}", config.model, summary["arms"]["severe"]["adapter"], coef)
              for coef in args.inference_coefs]
-    settings = EvalSettings(max_new_tokens=config.eval_max_new_tokens, max_questions=config.eval_questions,
-                            seed=config.seed, layer=config.layer, device="cpu",
-                            benign_path=str(dataset_path("benign_heldout.jsonl")),
-                            mc_path=str(dataset_path("capability_mc.jsonl")), max_benign=config.benign_rows)
-    results = [asdict(r) for r in compare(arms, load_trait(config.trait), vector, settings, out / "eval")]
+    results = [asdict(r) for r in compare(arms, load_trait(config.trait), vector, config.eval_settings(),
+                                          out / "eval")]
 
     rise = severe["projection"] - base["projection"]
     print(f"\nlayer {config.layer}; base projection {base['projection']:.3g}, severe {severe['projection']:.3g} "

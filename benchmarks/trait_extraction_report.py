@@ -64,16 +64,14 @@ def main() -> None:
         selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge, out / "layers",
                                  LayerSelectionConfig(layers=args.layers, coefs=args.coefs,
                                                       questions=args.eval_questions, max_new_tokens=args.max_new_tokens))
-        coherent = [c for c in selection.cells if c.coef != 0 and c.effect is not None
-                    and (c.coherence or 0.0) >= 50.0]
         # the cell behind the choice; without a coherent one, the strongest at the fallback layer
-        best = max(coherent, key=lambda c: c.effect) if coherent else max(
+        best = selection.chosen_cell or max(
             (c for c in selection.cells if c.layer == selection.chosen_layer and c.coef != 0),
             key=lambda c: c.trait or 0.0)
         rows.append({"trait": name, "pairs": pairs, "chosen_layer": selection.chosen_layer, "rule": selection.rule,
                      "heuristic_layer": selection.heuristic_layer, "unsteered": selection.baseline_trait,
                      "steered": best.trait, "steer_coef": best.coef, "steered_coherence": best.coherence,
-                     "coherent": bool(coherent)})
+                     "coherent": selection.chosen_cell is not None})
         print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{args.model}; generate-and-judge on {args.questions} questions x 5 pairs, paper thresholds (50/50/50); "

@@ -55,6 +55,15 @@ class DemoConfig:
     eval_max_new_tokens: int = 48
     benign_rows: int = 60
 
+    def eval_settings(self):
+        """How every arm is evaluated (the demo and the coefficient sweep share it)."""
+        from training.evaluation import EvalSettings
+
+        return EvalSettings(max_new_tokens=self.eval_max_new_tokens, max_questions=self.eval_questions,
+                            seed=self.seed, layer=self.layer, device="cpu",
+                            benign_path=str(dataset_path("benign_heldout.jsonl")),
+                            mc_path=str(dataset_path("capability_mc.jsonl")), max_benign=self.benign_rows)
+
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:
         """Every stage, tiny: for CI and a first look (about two minutes on two cores)."""
@@ -88,7 +97,8 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     """Flag the injected rows of the bundled contaminated mix; report AUROC against the labels,
     plus the dataset-level projection difference of every bundled set."""
     from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig
-    from screening.metrics import auroc, precision_at_k
+    from screening.metrics import auroc
+    from screening.report import compare_methods, labels_of
 
     from personas.io import read_jsonl
 
@@ -99,14 +109,13 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     rows = read_jsonl(dataset_path("contaminated", f"{config.trait}.jsonl"))[:config.screen_rows]
     result = screener.score(rows)
     scores = result.traits[vector.trait]
-    labels = np.array([row.data["label"] for row in result.rows])
+    labels = labels_of(result, "label")
     dp = scores.dp
-    n_injected = int(labels.sum())
+    methods = compare_methods({"dp": dp, "response": scores.projection}, 0, labels)
     summary = {"mode": mode, "rows": len(rows),
-               "injected": n_injected, "skipped": len(result.skipped),
-               "auroc": auroc(dp, labels) if 0 < n_injected < len(labels) else None,
-               "precision_at_injected": precision_at_k(dp, labels, max(n_injected, 1)),
-               "response_only_auroc": auroc(scores.projection, labels) if 0 < n_injected < len(labels) else None}
+               "injected": int(labels.sum()), "skipped": len(result.skipped),
+               "auroc": methods["dp"]["auroc"], "precision_at_injected": methods["dp"]["precision_at_k"],
+               "response_only_auroc": methods["response"]["auroc"]}
     # injected rows of different strength (severe / mild) are not equally findable: AUROC per kind
     sources = np.array([str(row.data.get("source", "injected")) for row in result.rows])
     summary["auroc_by_source"] = {}
@@ -183,16 +192,12 @@ def train_arm(config: DemoConfig, out: Path, name: str, data: str, vector_path: 
 
 
 def evaluate(config: DemoConfig, out: Path, vector: PersonaVector, arms: dict[str, dict]) -> list[dict]:
-    from training.evaluation import Arm, EvalSettings, compare
+    from training.evaluation import Arm, compare
 
     plan = [Arm("base", config.model)]
     plan += [Arm(name, config.model, arm["adapter"]) for name, arm in arms.items()]
     plan.append(Arm("severe+inference-steer", config.model, arms["severe"]["adapter"], config.inference_coef))
-    settings = EvalSettings(max_new_tokens=config.eval_max_new_tokens, max_questions=config.eval_questions,
-                            seed=config.seed, layer=config.layer, device="cpu",
-                            benign_path=str(dataset_path("benign_heldout.jsonl")),
-                            mc_path=str(dataset_path("capability_mc.jsonl")), max_benign=config.benign_rows)
-    results = compare(plan, load_trait(config.trait), vector, settings, out / "eval")
+    results = compare(plan, load_trait(config.trait), vector, config.eval_settings(), out / "eval")
     return [asdict(r) for r in results]
 
 

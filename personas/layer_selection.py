@@ -65,6 +65,7 @@ class LayerSelection:
     table_csv: Path
     table_md: Path
     heatmap: Path
+    chosen_cell: Cell | None = None  # the steered cell behind the choice (None: held-out fallback)
 
 
 def _mean(values) -> float | None:
@@ -115,8 +116,8 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     acceptable = [c for c in cells if c.coef != 0 and c.effect is not None and c.coherence is not None
                   and c.coherence >= config.coherence_threshold]
     heuristic_layer = max(heuristic, key=lambda l: heuristic[l]["auroc"]) if heuristic else None
-    if acceptable:
-        best = max(acceptable, key=lambda c: c.effect)
+    best = max(acceptable, key=lambda c: c.effect) if acceptable else None
+    if best is not None:
         chosen, rule = best.layer, (f"largest trait increase ({best.effect:+.1f} at coef {best.coef:g}) "
                                     f"with coherence >= {config.coherence_threshold:g}")
     elif heuristic_layer is not None:
@@ -128,7 +129,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     stem = out_dir / f"{vector.trait}_layer_selection"
     table_csv, table_md = write_tables(cells, stem)
     heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
-    return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap)
+    return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
 
 
 def store_choice(vector: PersonaVector, selection: LayerSelection, path: str | Path) -> Path:

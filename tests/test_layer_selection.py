@@ -33,6 +33,7 @@ def test_select_layer_on_a_tiny_model_writes_tables_and_stores_the_choice(tiny_l
     assert len(selection.cells) == 4 and selection.chosen_layer in (1, 3)
     steered = [c for c in selection.cells if c.coef == 4]
     assert selection.chosen_layer == max(steered, key=lambda c: c.effect).layer
+    assert selection.chosen_cell == max(steered, key=lambda c: c.effect)
     baseline = [c for c in selection.cells if c.coef == 0]
     assert all(c.effect == 0 and c.trait == selection.baseline_trait for c in baseline)
     assert all(c.heldout_auroc is not None for c in selection.cells)
@@ -54,6 +55,7 @@ def test_incoherent_steering_falls_back_to_the_heuristic(tiny_llama, tokenizer, 
     selection = select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path, config,
                              progress=False)
     assert "fell back" in selection.rule and selection.chosen_layer == selection.heuristic_layer
+    assert selection.chosen_cell is None
 
 
 def test_bad_layers_and_coefs(tiny_llama, tokenizer, evil, tmp_path):
