@@ -1,83 +1,58 @@
-"""Flagging quality of projection-difference screening on contaminated datasets.
+"""Flagging quality of projection-difference screening on the bundled contaminated mixes.
 
-For each ``TRAIT=DATA.jsonl`` pair (rows with ``"label": 0|1``: benign rows with trait-laden rows
-mixed in) a persona vector is built by teacher forcing the trait's exemplar answers (mean
-response activation of the trait answers minus that of the opposite answers, every layer), the
-data is screened, and AUROC / precision@k (k = number of injected rows) against the labels are
-printed for: exact dP (with base answers), the fast proxy (no generation), the response-only
-projection, embedding similarity to the trait description and random order.
+For each ``TRAIT=DATA.jsonl[@LAYER]`` (rows with ``"label": 0|1`` and a ``"source"`` naming the
+kind of row: benign rows with trait-laden ones mixed in) the trait's vector is extracted the way
+``persona-guard extract --source exemplars`` and the demo do (teacher-forced written exemplars),
+the data is screened at LAYER, and AUROC (with a bootstrap 95% interval for exact dP) and
+precision@k (k = number of injected rows) against the labels are printed for: exact dP (base
+answers), the fast proxy (no generation), response-only projection, embedding similarity to the
+trait description and random order; plus exact-dP AUROC per injected kind (e.g. severe vs mild).
 
     python benchmarks/screening_quality.py \\
-        --pair evil=personas/bundled_data/contaminated/evil.jsonl \\
-        --trait-dir personas/trait_data --limit 200 --max-new-tokens 48
+        --pair evil=personas/bundled_data/contaminated/evil.jsonl@20 \\
+        --pair sycophantic=personas/bundled_data/contaminated/sycophantic.jsonl@20 \\
+        --pair hallucinating=personas/bundled_data/contaminated/hallucinating.jsonl@15
 
-Base answers are cached (``--answer-cache``), so a rerun only costs the forward passes.
+The layers are the ones ``select-layer`` chose by steering for each trait on SmolLM2
+(benchmarks/trait_extraction_report.py). Base answers are cached (the demo's settings: greedy,
+48 tokens), so a rerun only costs the forward passes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
-import numpy as np
-
-from personas.activations import capture_activations
-from personas.encoding import encode_chat
+from personas.extraction import ExtractionConfig, extract_vector
+from personas.metrics import auroc, auroc_by_group, auroc_interval
 from personas.models import load_model
 from personas.traits import load_trait
-from personas.vectors import PersonaVector, mean_difference
+from personas.vectors import PersonaVector
 from screening import BaseAnswerSettings, Screener, ScreeningConfig
 from screening.baselines import SentenceEmbedder, random_scores
-from screening.metrics import auroc, precision_at_k, spearman
+from screening.report import compare_methods, labels_of
 
 
-def exemplar_vector(loaded, trait, layer: int, batch_size: int) -> PersonaVector:
-    """Teacher-forced exemplar vector: ``mean_difference`` of response-mean activations, all layers."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    n_layers = model.config.num_hidden_layers
-    def encode(side: str):
-        return [encode_chat(tokenizer, [{"role": "user", "content": e.question}], getattr(e, side))
-                for e in trait.exemplars]
-    layers = list(range(n_layers + 1))
-    pos = capture_activations(model, encode("pos"), layers, pad_token_id=tokenizer.pad_token_id,
-                              batch_size=batch_size, desc="exemplars (trait)")["response_mean"]
-    neg = capture_activations(model, encode("neg"), layers, pad_token_id=tokenizer.pad_token_id,
-                              batch_size=batch_size, desc="exemplars (opposite)")["response_mean"]
-    return PersonaVector(trait.name, loaded.model_id, mean_difference(pos, neg), default_layer=layer,
-                         method="exemplar_response_mean", n_pos=len(pos), n_neg=len(neg))
-
-
-def subsample(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
-    """At most ``limit`` rows keeping the positive/negative ratio (seeded)."""
-    if not limit or limit >= len(rows):
-        return rows
-    rng = random.Random(seed)
-    positives = [r for r in rows if int(r["label"]) == 1]
-    negatives = [r for r in rows if int(r["label"]) == 0]
-    n_pos = max(1, round(limit * len(positives) / len(rows)))
-    picked = rng.sample(positives, min(n_pos, len(positives))) + rng.sample(negatives, min(limit - n_pos, len(negatives)))
-    return sorted(picked, key=rows.index)
+def parse_pair(text: str, default_layer: int) -> tuple[str, Path, int]:
+    trait, _, rest = text.partition("=")
+    path, _, layer = rest.partition("@")
+    return trait, Path(path), int(layer) if layer else default_layer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pair", action="append", required=True, help="TRAIT=contaminated.jsonl (repeatable)")
-    parser.add_argument("--trait-dir", default=None,
-                        help="dir of <trait>.json files (default: the bundled traits)")
+    parser.add_argument("--pair", action="append", required=True, help="TRAIT=contaminated.jsonl[@LAYER] (repeatable)")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--layer", type=int, default=15)
+    parser.add_argument("--layer", type=int, default=20, help="layer for pairs that name none")
     parser.add_argument("--extra-layers", default="",
-                        help="comma-separated layers also scored (same forward pass), e.g. 10,20")
-    parser.add_argument("--limit", type=int, default=None, help="rows per dataset (stratified sample)")
+                        help="comma-separated layers also scored (same forward pass), e.g. 15,18")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--answer-cache", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vector-dir", default=None,
-                        help="reuse <trait>.safetensors vectors from here, saving the ones built")
+    parser.add_argument("--work-dir", default="runs/screening_quality", help="extracted vectors go here")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -85,61 +60,52 @@ def main() -> None:
     embedder = SentenceEmbedder()
     results = {}
     for pair in args.pair:
-        trait_name, _, data_path = pair.partition("=")
-        trait = load_trait(Path(args.trait_dir) / f"{trait_name}.json" if args.trait_dir else trait_name)
-        rows = subsample([json.loads(line) for line in Path(data_path).read_text().splitlines() if line.strip()],
-                         args.limit, args.seed)
-        saved = Path(args.vector_dir) / f"{trait.name}.safetensors" if args.vector_dir else None
-        if saved is not None and saved.exists():
-            vector = PersonaVector.load(saved)
-            vector.default_layer = args.layer
-        else:
-            vector = exemplar_vector(loaded, trait, args.layer, args.batch_size)
-            if saved is not None:
-                vector.save(saved)
+        trait_name, data_path, layer = parse_pair(pair, args.layer)
+        trait = load_trait(trait_name)
+        vector = extract_vector(loaded.model, loaded.tokenizer, trait, Path(args.work_dir) / trait.name,
+                                model_id=args.model, config=ExtractionConfig(source="exemplars", seed=args.seed),
+                                plots=False).vector
+        vector.default_layer = layer
+        extra = [int(value) for value in args.extra_layers.split(",") if value.strip()]
+        probes = [PersonaVector(f"{trait.name}@{probe}", vector.model_id, vector.directions, default_layer=probe)
+                  for probe in extra]
         config = ScreeningConfig(batch_size=args.batch_size, answer_cache=args.answer_cache,
-                                 base_answers=BaseAnswerSettings(max_new_tokens=args.max_new_tokens,
+                                 base_answers=BaseAnswerSettings(max_new_tokens=args.max_new_tokens, seed=args.seed,
                                                                  batch_size=args.batch_size))
-        extra = [int(layer) for layer in args.extra_layers.split(",") if layer.strip()]
-        probes = [PersonaVector(f"{trait.name}@{layer}", vector.model_id, vector.directions, default_layer=layer)
-                  for layer in extra]
         screener = Screener(loaded.model, loaded.tokenizer, [vector, *probes], config, model_id=loaded.model_id)
         started = time.perf_counter()
-        result = screener.score(rows)
+        result = screener.score(data_path)
         seconds = time.perf_counter() - started
-        labels = np.array([int(r.data["label"]) for r in result.rows])
+        labels = labels_of(result, "label")
         scores = result.traits[trait.name]
-        methods = {
+        table = compare_methods({
             "exact dP (base answers)": scores.dp,
             "fast proxy (--no-generate)": scores.fast_dp,
             "response-only projection": scores.projection,
             "embedding similarity": embedder.similarity([r.response for r in result.rows], trait.description),
             "random order": random_scores(len(labels), args.seed),
-        }
+        }, 0, labels)
+        interval = auroc_interval(scores.dp, labels, seed=args.seed)
+        by_kind = auroc_by_group(scores.dp, labels, [str(r.data.get("source", "injected")) for r in result.rows])
         k = int(labels.sum())
-        table = {name: {"auroc": auroc(s, labels), "precision_at_k": precision_at_k(s, labels, k)}
-                 for name, s in methods.items()}
-        rho = spearman(scores.dp, scores.fast_dp)
-        sources = [str(r.data.get("source", "")) for r in result.rows]
-        order = np.argsort(-scores.dp, kind="stable")
-        missed = [(int(np.flatnonzero(order == i)[0]) + 1, sources[i]) for i in np.flatnonzero(labels)]
-        results[trait.name] = {"injected_ranks_by_exact_dp": sorted(missed),"rows": len(labels), "positives": k, "skipped": len(result.skipped),
-                               "generated_prompts": result.generated_prompts, "screen_seconds": round(seconds, 1),
-                               "spearman_exact_vs_fast": rho, "methods": table}
-        print(f"\n{trait.name}: {len(labels)} rows, {k} injected, {len(result.skipped)} skipped, layer {args.layer}, "
+        entry = {"layer": layer, "rows": len(labels), "positives": k, "skipped": len(result.skipped),
+                 "generated_prompts": result.generated_prompts, "screen_seconds": round(seconds, 1),
+                 "exact_auroc_95ci": interval, "exact_auroc_by_kind": by_kind, "methods": table}
+        print(f"\n{trait.name}: {len(labels)} rows, {k} injected, {len(result.skipped)} skipped, layer {layer}, "
               f"{result.generated_prompts} base answers generated, screening took {seconds:.0f} s")
-        print(f"  {'method':<30} {'AUROC':>7} {'P@' + str(k):>7}")
-        for name, entry in table.items():
-            print(f"  {name:<30} {entry['auroc']:>7.3f} {entry['precision_at_k']:>7.3f}")
-        print(f"  Spearman(exact dP, fast proxy) = {rho:.3f}")
-        print(f"  ranks of the injected rows by exact dP: {sorted(missed)}")
+        print(f"  {'method':<30} {'AUROC':>7} {'P@' + str(k):>7} {'Spearman vs dP':>15}")
+        for name, row in table.items():
+            print(f"  {name:<30} {row['auroc']:>7.3f} {row['precision_at_k']:>7.3f} {row['spearman_vs_dp']:>15.3f}")
+        print(f"  exact dP AUROC 95% bootstrap interval: {interval[0]:.3f}-{interval[1]:.3f}")
+        print("  exact dP AUROC by injected kind: " + ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items()))
         for probe in probes:
             other = result.traits[probe.trait]
-            results[trait.name][f"layer_{probe.default_layer}"] = {
+            entry[f"layer_{probe.default_layer}"] = {
                 "exact_auroc": auroc(other.dp, labels), "fast_auroc": auroc(other.fast_dp, labels),
                 "response_only_auroc": auroc(other.projection, labels)}
             print(f"  layer {probe.default_layer}: AUROC exact {auroc(other.dp, labels):.3f}, fast "
                   f"{auroc(other.fast_dp, labels):.3f}, response-only {auroc(other.projection, labels):.3f}")
+        results[trait.name] = entry
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -97,7 +97,7 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     """Flag the injected rows of the bundled contaminated mix; report AUROC against the labels,
     plus the dataset-level projection difference of every bundled set."""
     from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig
-    from screening.metrics import auroc
+    from personas.metrics import auroc_by_group, auroc_interval
     from screening.report import compare_methods, labels_of
 
     from personas.io import read_jsonl
@@ -114,14 +114,12 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     methods = compare_methods({"dp": dp, "response": scores.projection}, 0, labels)
     summary = {"mode": mode, "rows": len(rows),
                "injected": int(labels.sum()), "skipped": len(result.skipped),
-               "auroc": methods["dp"]["auroc"], "precision_at_injected": methods["dp"]["precision_at_k"],
+               "auroc": methods["dp"]["auroc"], "auroc_95ci": list(auroc_interval(dp, labels, seed=config.seed)),
+               "precision_at_injected": methods["dp"]["precision_at_k"],
                "response_only_auroc": methods["response"]["auroc"]}
     # injected rows of different strength (severe / mild) are not equally findable: AUROC per kind
-    sources = np.array([str(row.data.get("source", "injected")) for row in result.rows])
-    summary["auroc_by_source"] = {}
-    for source in sorted(set(sources[labels == 1])):
-        keep = (labels == 0) | (sources == source)
-        summary["auroc_by_source"][source] = auroc(dp[keep], (sources[keep] == source).astype(int))
+    sources = [str(row.data.get("source", "injected")) for row in result.rows]
+    summary["auroc_by_source"] = auroc_by_group(dp, labels, sources)
     _histogram(dp, labels, out / "dp_histogram.png", f"{vector.trait}: projection difference, contaminated mix")
     summary["histogram"] = "dp_histogram.png"
 
@@ -239,7 +237,8 @@ def write_report(config: DemoConfig, out: Path, summary: dict) -> Path:
     s = summary["screening"]
     lines += [f"{s['rows']} rows, {s['injected']} injected, {s['skipped']} skipped; {s['mode']} projection difference.",
               "", "| method | AUROC | precision@injected |", "|---|---|---|",
-              f"| projection difference ({s['mode']}) | {_fmt(s['auroc'])} | {_fmt(s['precision_at_injected'])} |",
+              f"| projection difference ({s['mode']}) | {_fmt(s['auroc'])} (95% CI {_fmt(s['auroc_95ci'][0])}-"
+              f"{_fmt(s['auroc_95ci'][1])}) | {_fmt(s['precision_at_injected'])} |",
               f"| response projection only | {_fmt(s['response_only_auroc'])} | - |",
               *[f"| projection difference, {source} rows only (vs benign) | {_fmt(value)} | - |"
                 for source, value in s["auroc_by_source"].items()], "",

@@ -27,9 +27,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from personas import metrics
 from personas.activations import REDUCTIONS, capture_activations
 from personas.encoding import encode_chat
 from personas.errors import PersonaGuardError
@@ -91,14 +93,6 @@ class Pair:
 # ---- small statistics ----------------------------------------------------------------------------
 
 
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """P(score of a random pos > score of a random neg), ties count half."""
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    diff = pos.double()[:, None] - neg.double()[None, :]
-    return float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
-
-
 def effect_size(pos: torch.Tensor, neg: torch.Tensor) -> float:
     """(mean pos - mean neg) / pooled std: the gap between the two projection clouds."""
     spread = torch.cat([pos - pos.mean(), neg - neg.mean()]).float().std()
@@ -114,7 +108,9 @@ def per_layer_separation(vector: PersonaVector, pos: torch.Tensor, neg: torch.Te
             result[layer] = {"auroc": 0.5, "effect_size": 0.0}
             continue
         p, n = vector.project(pos[:, slot], layer), vector.project(neg[:, slot], layer)
-        result[layer] = {"auroc": auroc(p, n), "effect_size": effect_size(p, n)}
+        labels = np.r_[np.ones(len(p)), np.zeros(len(n))]
+        result[layer] = {"auroc": metrics.auroc(torch.cat([p, n]).double().numpy(), labels),
+                         "effect_size": effect_size(p, n)}
     return result
 
 

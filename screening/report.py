@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from personas.errors import PersonaGuardError
-from screening import metrics
+from personas import metrics
 from screening.baselines import SentenceEmbedder, random_scores
 from screening.data import last_user_turn
 from screening.scorer import ScreenResult

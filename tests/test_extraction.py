@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from personas.errors import PersonaGuardError
-from personas.extraction import (ExtractionConfig, JsonlCache, auroc, best_layer, drop_reasons, extract_vector,
+from personas.extraction import (ExtractionConfig, JsonlCache, best_layer, drop_reasons, extract_vector,
                                  heldout_separation)
 from personas.judges import JudgeScore, OfflineJudge
 from personas.traits import load_trait
@@ -21,10 +21,7 @@ def evil():
     return load_trait("evil")
 
 
-def test_auroc_and_best_layer():
-    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
-    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
-    assert auroc(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 2.0])) == pytest.approx(0.625)
+def test_best_layer():
     separation = {0: {"auroc": 1.0, "effect_size": 9.0}, 1: {"auroc": 0.9, "effect_size": 5.0},
                   2: {"auroc": 0.95, "effect_size": 1.0}, 3: {"auroc": 0.95, "effect_size": 2.0}}
     assert best_layer(separation) == 3  # layer 0 is never chosen; ties go to the larger effect
