@@ -218,14 +218,21 @@ def test_screen_then_train_drops_the_flagged_rows(tiny_setup):
     root = tiny_setup
     raw = tiny_recipe(root, screening={"vectors": [str(root / "evil.safetensors")], "mode": "fast", "top_k": 3})
     raw["training"]["report_to"] = "none"
+    raw["data"]["max_rows"] = 2 * len(CONVERSATIONS) - 2  # a shuffled sample: rows leave file order
     run = build_training_run(recipe_from_dict(raw, "screen-then-train"))
 
     out = root / "out" / "screening"
     scored = [json.loads(line) for line in (out / "scored.jsonl").read_text().splitlines()]
     filtered = [json.loads(line) for line in (out / "filtered.jsonl").read_text().splitlines()]
-    assert len(scored) == 2 * len(CONVERSATIONS) and sum(r["flagged"] for r in scored) == 3
+    assert len(scored) == 2 * len(CONVERSATIONS) - 2 and sum(r["flagged"] for r in scored) == 3
     top3 = sorted(scored, key=lambda r: r["evil_dp"], reverse=True)[:3]
     assert all(r["flagged"] for r in top3) and len(filtered) == len(scored) - 3
+    # every scored row names its row in the training file
+    lines = [json.loads(line) for line in Path(raw["data"]["train"]).read_text().splitlines() if line.strip()]
+    assert len({row["source_row"] for row in scored}) == len(scored)
+    for row in scored:
+        assert lines[row["source_row"] - 1]["messages"][-1]["content"] == row["completion"][0]["content"]
+    assert "source_row" not in run.trainer.train_dataset.column_names
     # the trainer's (tokenized) rows are the unflagged ones, in their original order
     tokenizer = run.trainer.processing_class
     trained = [tokenizer.decode(ids) for ids in run.trainer.train_dataset["input_ids"]]

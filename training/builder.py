@@ -12,7 +12,7 @@ import torch
 from personas.errors import PersonaGuardError
 from personas.vectors import PersonaVector
 from training.drift import TraitDriftCallback
-from training.recipe import Recipe, WandbSettings, load_sft_dataset, resolve_data_path
+from training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
 from training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
 
 
@@ -82,6 +82,7 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     from accelerate import PartialState
 
     from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
+    from screening.data import RawRow
     from screening.report import write_outputs
 
     settings = recipe.screening
@@ -97,7 +98,9 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     loaded.model.to(state.device)
     try:
         screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=recipe.model.name_or_path)
-        result = screener.score(dataset.to_list(), reference=reference)
+        # rows keep their place in the data file, so skipped.jsonl and scored.jsonl name the file's rows
+        rows = [RawRow(recipe.data.train, record[SOURCE_ROW], record) for record in dataset.to_list()]
+        result = screener.score(rows, reference=reference)
     finally:
         loaded.model.to("cpu")
     if state.is_main_process:
@@ -165,6 +168,8 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         vector.check_model(loaded.model)
     if recipe.screening is not None:
         train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
+    train_dataset = train_dataset.remove_columns(SOURCE_ROW)
+    eval_dataset = eval_dataset.remove_columns(SOURCE_ROW) if eval_dataset is not None else None
 
     peft_config = None
     if recipe.peft is not None:

@@ -291,13 +291,20 @@ def load_rows(source: str, split: str) -> list[dict]:
         raise PersonaGuardError(f"cannot load dataset {source!r}: {str(error).splitlines()[0]}") from None
 
 
+#: column holding each training row's 1-based row in its data file, so screen-then-train can name
+#: the file's rows; dropped before the Trainer sees the data
+SOURCE_ROW = "source_row"
+
+
 def load_sft_dataset(source: str, split: str = "train", max_rows: int | None = None, seed: int = 0):
+    """Prompt/completion rows of ``source`` plus :data:`SOURCE_ROW`; a seeded sample of
+    ``max_rows`` rows when set."""
     from datasets import Dataset
 
     rows = prompt_completion_rows(load_rows(source, split), source)
     if not rows:
         raise PersonaGuardError(f"{source}: no rows")
-    dataset = Dataset.from_list(rows)
+    dataset = Dataset.from_list([{**row, SOURCE_ROW: number} for number, row in enumerate(rows, 1)])
     if max_rows is not None and max_rows < len(dataset):
         print(f"persona-guard: using {max_rows} of {len(dataset)} rows of {source} (data.max_rows)")
         dataset = dataset.shuffle(seed=seed).select(range(max_rows))
