@@ -11,7 +11,7 @@ same samples, same model:
   (the floor any implementation of this batching pays).
 
 Prints samples/s for each and the ratios (targets: >= 10x over the paper loop, <= 1.3x the bare
-forward). Each method runs ``--rounds`` times interleaved; the fastest round counts, which damps
+forward), and the ceiling this machine allows the first ratio (see compute_ceiling.py). Each method runs ``--rounds`` times interleaved; the fastest round counts, which damps
 noise from other work on the machine.
 
     python benchmarks/screening_speed.py --data personas/bundled_data/contaminated/evil.jsonl --limit 64
@@ -32,6 +32,8 @@ from personas.models import load_model
 from personas.vectors import PersonaVector
 from screening import Screener, ScreeningConfig
 from screening.data import classify_rows, read_rows
+
+from compute_ceiling import report_ceiling
 
 
 @torch.no_grad()
@@ -111,10 +113,11 @@ def main() -> None:
     print(f"speed-up over the paper loop: {speedup:.1f}x (target >= 10x)")
     print(f"time over the bare truncated forward: {overhead:.2f}x (target <= 1.3x)")
     print(f"max |projection difference| between paper loop and persona-guard: {difference:.2e}")
+    ceiling = report_ceiling(model, args.layer, tokens, best["persona-guard"], best["paper loop"])
     if args.json:
         Path(args.json).write_text(json.dumps({"samples": len(rows), "tokens": tokens, "seconds": best,
                                                "speedup": speedup, "overhead": overhead,
-                                               "max_abs_difference": difference}, indent=2))
+                                               "max_abs_difference": difference, **ceiling}, indent=2))
 
 
 if __name__ == "__main__":
