@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from personas.errors import PersonaGuardError
 from personas.llm_client import ChatClient

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from personas.errors import PersonaGuardError
-from personas.traits import (N_QUESTIONS, Trait, bundled_trait_names, load_reference_trait,
+from personas.traits import (N_QUESTIONS, bundled_trait_names, load_reference_trait,
                              load_trait, trait_from_dict)
 
 REPO = Path(__file__).resolve().parents[1]
