@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from personas.demo import DemoConfig, train_arm
+from personas.demo import DemoConfig, findings_of, train_arm
 from personas.traits import load_trait
 from personas.vectors import PersonaVector
 from training.evaluation import Arm, compare
@@ -54,15 +54,18 @@ def main() -> None:
     results = [asdict(r) for r in compare(arms, load_trait(config.trait), vector, config.eval_settings(),
                                           out / "eval")]
 
-    rise = severe["projection"] - base["projection"]
+    rows = [base, severe, by_name["severe+prevent"], *results]
+    rise = findings_of(rows)["severe_rise"]
     print(f"\nlayer {config.layer}; base projection {base['projection']:.3g}, severe {severe['projection']:.3g} "
           f"(rise {rise:+.3g}); severe benign ppl {severe['perplexity']:.3g}\n")
     print("| arm | trait score | coherence | projection | rise removed | benign ppl / severe | MC acc |")
     print("|---|---|---|---|---|---|---|")
-    for row in [base, severe, by_name["severe+prevent"], *results]:
-        removed = (severe["projection"] - row["projection"]) / rise if rise > 0 else float("nan")
+    for row in rows:
+        findings = findings_of(rows, arm=row["name"])
+        removed, ratio = (float("nan") if findings[key] is None else findings[key]
+                          for key in ("prevented_fraction", "perplexity_ratio"))
         print(f"| {row['name']} | {row['trait_score']:.3g} | {row['coherence']:.3g} | {row['projection']:.3g} | "
-              f"{removed:.0%} | {row['perplexity'] / severe['perplexity']:.3f} | {row['mc_accuracy']:.3g} |")
+              f"{removed:.0%} | {ratio:.3f} | {row['mc_accuracy']:.3g} |")
     (out / "sweep.json").write_text(json.dumps({"demo": str(demo), "results": results}, indent=2))
 
 

@@ -284,9 +284,11 @@ def finding_lines(findings: dict) -> list[str]:
     return lines
 
 
-def findings_of(evaluation: list[dict]) -> dict:
+def findings_of(evaluation: list[dict], arm: str = "severe+prevent") -> dict:
+    """The demo's targets for ``arm``: the severe arm's projection rise over base, the share of it
+    ``arm`` removed and ``arm``'s benign perplexity relative to the severe arm's (None when undefined)."""
     by_name = {r["name"]: r for r in evaluation}
-    base, severe, prevent = (by_name.get(n, {}) for n in ("base", "severe", "severe+prevent"))
+    base, severe, prevent = (by_name.get(n, {}) for n in ("base", "severe", arm))
     rise = (severe.get("projection") or 0.0) - (base.get("projection") or 0.0)
     prevented = None
     if rise > 0 and prevent.get("projection") is not None:

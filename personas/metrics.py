@@ -64,5 +64,8 @@ def auroc_interval(scores, labels, *, level: float = 0.95, resamples: int = 2000
 def auroc_by_group(scores, labels, groups) -> dict[str, float]:
     """AUROC of each group of positives against all negatives (e.g. severe vs mild injected rows)."""
     scores, labels, groups = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool), np.asarray(groups)
-    return {str(group): auroc(scores[~labels | (groups == group)], labels[~labels | (groups == group)])
-            for group in sorted(set(groups[labels].tolist()))}
+    by_group = {}
+    for group in sorted(set(groups[labels].tolist())):
+        keep = ~labels | (groups == group)
+        by_group[str(group)] = auroc(scores[keep], labels[keep])
+    return by_group
