@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from personas.activations import capture_activations
-from personas.encoding import encode_chat
-from personas.models import DEFAULT_MODEL, load_model
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_chat
+from persona_guard.models import DEFAULT_MODEL, load_model
 
 from compute_ceiling import report_ceiling
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from personas.models import decoder_layers
+from persona_guard.models import decoder_layers
 
 
 def matmul_work_per_token(model, layer: int) -> tuple[int, int]:

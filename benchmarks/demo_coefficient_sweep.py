@@ -16,10 +16,10 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from personas.demo import DemoConfig, findings_of, train_arm
-from personas.traits import load_trait
-from personas.vectors import PersonaVector
-from training.evaluation import Arm, compare
+from persona_guard.demo import DemoConfig, findings_of, train_arm
+from persona_guard.traits import load_trait
+from persona_guard.vectors import PersonaVector
+from persona_guard.training.evaluation import Arm, compare
 
 
 def floats(text: str) -> list[float]:

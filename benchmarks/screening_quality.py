@@ -9,9 +9,9 @@ answers), the fast proxy (no generation), response-only projection, embedding si
 trait description and random order; plus exact-dP AUROC per injected kind (e.g. severe vs mild).
 
     python benchmarks/screening_quality.py \\
-        --pair evil=personas/bundled_data/contaminated/evil.jsonl@20 \\
-        --pair sycophantic=personas/bundled_data/contaminated/sycophantic.jsonl@20 \\
-        --pair hallucinating=personas/bundled_data/contaminated/hallucinating.jsonl@15
+        --pair evil=persona_guard/bundled_data/contaminated/evil.jsonl@20 \\
+        --pair sycophantic=persona_guard/bundled_data/contaminated/sycophantic.jsonl@20 \\
+        --pair hallucinating=persona_guard/bundled_data/contaminated/hallucinating.jsonl@15
 
 The layers are the ones ``select-layer`` chose by steering for each trait on SmolLM2
 (benchmarks/trait_extraction_report.py). Base answers are cached (the demo's settings: greedy,
@@ -25,14 +25,14 @@ import json
 import time
 from pathlib import Path
 
-from personas.extraction import ExtractionConfig, extract_vector
-from personas.metrics import auroc, auroc_by_group, auroc_interval
-from personas.models import load_model
-from personas.traits import load_trait
-from personas.vectors import PersonaVector
-from screening import BaseAnswerSettings, Screener, ScreeningConfig
-from screening.baselines import SentenceEmbedder, random_scores
-from screening.report import compare_methods, labels_of
+from persona_guard.extraction import ExtractionConfig, extract_vector
+from persona_guard.metrics import auroc, auroc_by_group, auroc_interval
+from persona_guard.models import load_model
+from persona_guard.traits import load_trait
+from persona_guard.vectors import PersonaVector
+from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
+from persona_guard.screening.baselines import SentenceEmbedder, random_scores
+from persona_guard.screening.report import compare_methods, labels_of
 
 
 def parse_pair(text: str, default_layer: int) -> tuple[str, Path, int]:

@@ -14,7 +14,7 @@ Prints samples/s for each and the ratios (targets: >= 10x over the paper loop, <
 forward), and the ceiling this machine allows the first ratio (see compute_ceiling.py). Each method runs ``--rounds`` times interleaved; the fastest round counts, which damps
 noise from other work on the machine.
 
-    python benchmarks/screening_speed.py --data personas/bundled_data/contaminated/evil.jsonl --limit 64
+    python benchmarks/screening_speed.py --data persona_guard/bundled_data/contaminated/evil.jsonl --limit 64
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from personas.activations import _StopForward, capture_hooks, pad_batch, position_ids_from_mask
-from personas.encoding import encode_chat
-from personas.models import load_model
-from personas.vectors import PersonaVector
-from screening import Screener, ScreeningConfig
-from screening.data import classify_rows, read_rows
+from persona_guard.activations import _StopForward, capture_hooks, pad_batch, position_ids_from_mask
+from persona_guard.encoding import encode_chat
+from persona_guard.models import load_model
+from persona_guard.vectors import PersonaVector
+from persona_guard.screening import Screener, ScreeningConfig
+from persona_guard.screening.data import classify_rows, read_rows
 
 from compute_ceiling import report_ceiling
 

@@ -40,9 +40,9 @@ def main() -> None:
 
     from peft import LoraConfig, get_peft_model
 
-    from personas.models import load_model, model_device, num_hidden_layers
-    from personas.vectors import PersonaVector
-    from training.steering_callback import PreventativeSteeringCallback
+    from persona_guard.models import load_model, model_device, num_hidden_layers
+    from persona_guard.vectors import PersonaVector
+    from persona_guard.training.steering_callback import PreventativeSteeringCallback
 
     loaded = load_model(args.model)
     model = loaded.model
@@ -94,7 +94,7 @@ def main() -> None:
 
     # The same edit in isolation: forward + backward of what one steered layer adds, on a tensor
     # of the residual stream's shape. Far less sensitive to a busy machine than the A/B above.
-    from personas.steering import steering_delta
+    from persona_guard.steering import steering_delta
 
     hidden = torch.randn(args.batch_size, args.seq_len, config.hidden_size, device=device, requires_grad=True)
     direction = directions[args.layers[0]].to(device)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from personas.traits import bundled_trait_names, load_trait
+from persona_guard.traits import bundled_trait_names, load_trait
 
 
 def encoder_dir() -> Path:

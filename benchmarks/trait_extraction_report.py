@@ -16,12 +16,12 @@ import argparse
 import json
 from pathlib import Path
 
-from personas.errors import PersonaGuardError
-from personas.extraction import ExtractionConfig, extract_vector
-from personas.judges import make_judge
-from personas.layer_selection import LayerSelectionConfig, select_layer
-from personas.models import DEFAULT_MODEL, load_model
-from personas.traits import bundled_trait_names, load_trait
+from persona_guard.errors import PersonaGuardError
+from persona_guard.extraction import ExtractionConfig, extract_vector
+from persona_guard.judges import make_judge
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer
+from persona_guard.models import DEFAULT_MODEL, load_model
+from persona_guard.traits import bundled_trait_names, load_trait
 
 
 def ints(text: str) -> tuple[int, ...]:

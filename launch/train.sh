@@ -18,4 +18,4 @@ config="$1"; recipe="$2"; shift 2
 accelerate_args=()
 while [[ $# -gt 0 && "$1" != "--" ]]; do accelerate_args+=("$1"); shift; done
 [[ $# -gt 0 ]] && shift  # drop the --
-exec accelerate launch --config_file "$config" "${accelerate_args[@]}" -m personas.cli train "$recipe" "$@"
+exec accelerate launch --config_file "$config" "${accelerate_args[@]}" -m persona_guard.cli train "$recipe" "$@"

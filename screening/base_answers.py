@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from personas.encoding import render_prompt
-from personas.errors import PersonaGuardError
-from personas.generation import GenerationConfig, generate_responses
+from persona_guard.encoding import render_prompt
+from persona_guard.errors import PersonaGuardError
+from persona_guard.generation import GenerationConfig, generate_responses
 
 
 @dataclass(frozen=True)

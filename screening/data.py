@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from personas.encoding import split_conversation
-from personas.errors import PersonaGuardError
+from persona_guard.encoding import split_conversation
+from persona_guard.errors import PersonaGuardError
 
 ROLES = ("system", "user", "assistant")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personas.errors import PersonaGuardError
+from persona_guard.errors import PersonaGuardError
 
 
 @dataclass(frozen=True)

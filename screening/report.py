@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from personas.errors import PersonaGuardError
-from personas import metrics
-from screening.baselines import SentenceEmbedder, random_scores
-from screening.data import last_user_turn
-from screening.scorer import ScreenResult
+from persona_guard.errors import PersonaGuardError
+from persona_guard import metrics
+from persona_guard.screening.baselines import SentenceEmbedder, random_scores
+from persona_guard.screening.data import last_user_turn
+from persona_guard.screening.scorer import ScreenResult
 
 TOP_SAMPLES = 10
 EXCERPT = 160

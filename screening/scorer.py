@@ -29,16 +29,16 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from personas.activations import capture_activations
-from personas.encoding import encode_chat
-from personas.errors import PersonaGuardError
-from personas.models import cache_dir, resolve_model_path
-from personas.vectors import PersonaVector, vectors_by_trait
-from screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_chat
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import cache_dir, resolve_model_path
+from persona_guard.vectors import PersonaVector, vectors_by_trait
+from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
                                     transformers_backend, vllm_available, vllm_backend)
-from screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
+from persona_guard.screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
                             rows_from_records)
-from screening.policy import FlagPolicy, ranks, zscores
+from persona_guard.screening.policy import FlagPolicy, ranks, zscores
 
 Mode = Literal["exact", "fast"]
 
@@ -57,7 +57,7 @@ class ScreeningConfig:
     answer_cache: str | None = None
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     policy: FlagPolicy = field(default_factory=FlagPolicy)
-    #: judge spec for ``personas.judges.make_judge`` (e.g. "offline"); None = no judge
+    #: judge spec for ``persona_guard.judges.make_judge`` (e.g. "offline"); None = no judge
     judge: str | None = None
     judge_threshold: float = 50.0
     judge_combine: Literal["and", "or"] = "and"
@@ -401,8 +401,8 @@ class Screener:
 
     def _apply_judge(self, result: ScreenResult) -> None:
         """Score responses with a judge and combine its verdict with the dP flags."""
-        from personas.judges import make_judge  # owned by the judges module; only needed here
-        from personas.traits import load_trait
+        from persona_guard.judges import make_judge  # owned by the judges module; only needed here
+        from persona_guard.traits import load_trait
 
         judge = make_judge(self.config.judge)
         items = [(last_user_turn(row.prompt), row.response) for row in result.rows]

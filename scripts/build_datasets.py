@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Build the datasets bundled in personas/bundled_data/ from the hand-written parts in dataset_content/.
+"""Build the datasets bundled in persona_guard/bundled_data/ from the hand-written parts in dataset_content/.
 
 Deterministic: every random choice comes from a Random seeded with SEED and the dataset's name, so
 running this script again rewrites byte-identical files (tests/test_bundled_data.py checks that).
 
-    python scripts/build_datasets.py                 # rewrite personas/bundled_data/
+    python scripts/build_datasets.py                 # rewrite persona_guard/bundled_data/
     python scripts/build_datasets.py --out /tmp/data # write elsewhere (used by the tests)
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataset_content import benign, code_tasks, evil, hallucinating, math_problems, sycophantic  # noqa: E402
 
 SEED = 20250729
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "personas" / "bundled_data"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "persona_guard" / "bundled_data"
 LEVELS = ("normal", "mild", "severe")
 TRAITS = ("evil", "sycophantic", "hallucinating")
 CONTAMINATION = {"benign": 300, "severe": 20, "mild": 10}

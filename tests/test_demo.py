@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from personas.demo import DATASETS_TO_SCREEN, numeric_leaves
+from persona_guard.demo import DATASETS_TO_SCREEN, numeric_leaves
 
 pytestmark = pytest.mark.smollm
 
@@ -37,7 +37,7 @@ def table_rows(report: str, header_start: str) -> list[list[str]]:
 def quick_demo(tmp_path_factory, smollm_dir):
     out = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "WANDB_MODE": "offline"}
-    done = subprocess.run([sys.executable, "-m", "personas.cli", "demo", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "persona_guard.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from personas.errors import PersonaGuardError
-from personas.extraction import (ExtractionConfig, JsonlCache, best_layer, drop_reasons, extract_vector,
+from persona_guard.errors import PersonaGuardError
+from persona_guard.extraction import (ExtractionConfig, JsonlCache, best_layer, drop_reasons, extract_vector,
                                  heldout_separation)
-from personas.judges import JudgeScore, OfflineJudge
-from personas.traits import load_trait
-from personas.vectors import PersonaVector
+from persona_guard.judges import JudgeScore, OfflineJudge
+from persona_guard.traits import load_trait
+from persona_guard.vectors import PersonaVector
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_exemplar_source_on_a_tiny_model(tiny_llama, tokenizer, evil, tmp_path):
     assert all(0 <= row["heldout_auroc"] <= 1 for row in report["layers"])
     assert result.plot_path.stat().st_size > 10_000
     # the vector is exactly mean(pos) - mean(neg) of the teacher-forced exemplar answers
-    from personas.activations import capture_activations
-    from personas.encoding import encode_chat
+    from persona_guard.activations import capture_activations
+    from persona_guard.encoding import encode_chat
 
     exemplars = evil.extraction_exemplars()[:4]
     samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], answer)

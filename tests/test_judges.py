@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from personas.errors import PersonaGuardError
-from personas.judges import (JudgeScore, LogprobJudge, OfflineJudge, coherence_heuristic, is_refusal_token,
+from persona_guard.errors import PersonaGuardError
+from persona_guard.judges import (JudgeScore, LogprobJudge, OfflineJudge, coherence_heuristic, is_refusal_token,
                              make_judge, number_value, offline_heldout_report, read_score)
-from personas.llm_client import Completion
-from personas.traits import load_trait
+from persona_guard.llm_client import Completion
+from persona_guard.traits import load_trait
 
 
 def logs(probs: dict[str, float]) -> dict[str, float]:

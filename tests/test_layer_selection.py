@@ -6,13 +6,13 @@ import csv
 
 import pytest
 
-from personas.cli import main
-from personas.errors import PersonaGuardError
-from personas.extraction import ExtractionConfig, extract_vector
-from personas.judges import OfflineJudge
-from personas.layer_selection import LayerSelectionConfig, select_layer, store_choice
-from personas.traits import load_trait
-from personas.vectors import PersonaVector
+from persona_guard.cli import main
+from persona_guard.errors import PersonaGuardError
+from persona_guard.extraction import ExtractionConfig, extract_vector
+from persona_guard.judges import OfflineJudge
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer, store_choice
+from persona_guard.traits import load_trait
+from persona_guard.vectors import PersonaVector
 
 
 @pytest.fixture(scope="module")

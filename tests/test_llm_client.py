@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from personas.errors import PersonaGuardError
-from personas.judges import LogprobJudge
-from personas.llm_client import ChatRequest, LocalChatClient, OpenAIChatClient, complete_many, render_messages
-from personas.trait_generation import TraitGenerationError, generate_trait
+from persona_guard.errors import PersonaGuardError
+from persona_guard.judges import LogprobJudge
+from persona_guard.llm_client import ChatRequest, LocalChatClient, OpenAIChatClient, complete_many, render_messages
+from persona_guard.trait_generation import TraitGenerationError, generate_trait
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_render_messages_continues_a_final_assistant_message(tokenizer):
 @pytest.fixture(scope="module")
 def server_url(smollm_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    process = subprocess.Popen([sys.executable, "-m", "personas.cli", "serve", "--model", "smollm2-135m",
+    process = subprocess.Popen([sys.executable, "-m", "persona_guard.cli", "serve", "--model", "smollm2-135m",
                                 "--device", "cpu", "--port", "0"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

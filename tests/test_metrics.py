@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from personas.metrics import auroc, auroc_by_group, auroc_interval, precision_at_k, spearman
+from persona_guard.metrics import auroc, auroc_by_group, auroc_interval, precision_at_k, spearman
 
 
 def test_auroc_counts_ties_half_and_needs_both_classes():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from personas.errors import PersonaGuardError
-from personas.models import decoder_layers, final_norm, load_model, unwrap_model
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import decoder_layers, final_norm, load_model, unwrap_model
 from tests.conftest import make_tiny_model
 
 
@@ -72,7 +72,7 @@ def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
     """Two processes converting into an empty cache at once: both succeed, one model dir results,
     and a third load reuses it without converting."""
     env = {**os.environ, "PERSONA_GUARD_CACHE": str(tmp_path)}
-    code = ("from personas.models import load_model; m = load_model('smollm2-135m', device='cpu');"
+    code = ("from persona_guard.models import load_model; m = load_model('smollm2-135m', device='cpu');"
             "print(type(m.model).__name__, m.model.config.num_hidden_layers)")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]

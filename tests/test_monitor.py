@@ -4,11 +4,11 @@ import sys
 import pytest
 import torch
 
-from personas.activations import capture_activations
-from personas.encoding import encode_conversation
-from personas.errors import PersonaGuardError
-from personas.monitor import PersonaMonitor, Threshold
-from personas.vectors import PersonaVector
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_conversation
+from persona_guard.errors import PersonaGuardError
+from persona_guard.monitor import PersonaMonitor, Threshold
+from persona_guard.vectors import PersonaVector
 from tests.samples import CONVERSATIONS
 
 
@@ -57,7 +57,7 @@ def test_monitor_cli_reports_bad_rows_in_one_line(tmp_path):
     bad = tmp_path / "conv.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": 3}\n')
     vector = PersonaVector("evil", "tiny", torch.randn(4, 64), default_layer=2).save(tmp_path / "v.safetensors")
-    result = subprocess.run([sys.executable, "-m", "personas.cli", "monitor", str(bad), "--vector", str(vector)],
+    result = subprocess.run([sys.executable, "-m", "persona_guard.cli", "monitor", str(bad), "--vector", str(vector)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"persona-guard monitor: error: {bad}:2: no 'messages' list and no "

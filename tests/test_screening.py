@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from personas.encoding import encode_chat
-from personas.errors import PersonaGuardError
-from personas.vectors import PersonaVector
-from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
-from screening.data import classify_rows
+from persona_guard.encoding import encode_chat
+from persona_guard.errors import PersonaGuardError
+from persona_guard.vectors import PersonaVector
+from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
+from persona_guard.screening.data import classify_rows
 from tests.samples import CONVERSATIONS
 
 SETTINGS = BaseAnswerSettings(max_new_tokens=6, batch_size=4)
@@ -227,7 +227,7 @@ def test_reference_calibrated_threshold(tiny_llama, tokenizer, tmp_path):
 
 
 def test_embedding_baseline_ranks_related_text_higher():
-    from screening.baselines import SentenceEmbedder
+    from persona_guard.screening.baselines import SentenceEmbedder
 
     embedder = SentenceEmbedder()
     similarity = embedder.similarity(["I will hurt people and enjoy their suffering.", "Bread needs flour and yeast."],
@@ -272,8 +272,8 @@ EVIL_PAIRS = [
 def test_smollm_fast_mode_ranks_malicious_responses_first(smollm, tmp_path):
     """On the real SmolLM2 with an exemplar vector at layer 15, malicious training responses get a
     higher (fast) dP than kind answers to the same questions."""
-    from personas.activations import capture_activations
-    from personas.vectors import mean_difference
+    from persona_guard.activations import capture_activations
+    from persona_guard.vectors import mean_difference
 
     model, tokenizer = smollm.model, smollm.tokenizer
     layer = 15

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from personas.cli import main
+from persona_guard.cli import main
 from tests.conftest import make_tiny_model
 from tests.test_screening import no_special_answers, random_vector
 
@@ -139,13 +139,13 @@ def test_resume_after_sigkill_gives_identical_output(workspace, tmp_path, monkey
     killer = tmp_path / "kill_after_shard_1.py"
     killer.write_text(
         "import os, signal, sys\n"
-        "import screening.scorer as scorer\n"
+        "import persona_guard.screening.scorer as scorer\n"
         "original = scorer.Screener.__init__\n"
         "def init(self, *args, **kwargs):\n"
         "    original(self, *args, **kwargs)\n"
         "    self.on_shard_done = lambda k: os.kill(os.getpid(), signal.SIGKILL) if k == 1 else None\n"
         "scorer.Screener.__init__ = init\n"
-        "from personas.cli import main\n"
+        "from persona_guard.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     out, cache = tmp_path / "resumed", tmp_path / "cache-b.sqlite"
     killed = subprocess.run([sys.executable, str(killer), *screen_args(workspace, out, cache)], cwd=ROOT,
@@ -154,7 +154,7 @@ def test_resume_after_sigkill_gives_identical_output(workspace, tmp_path, monkey
     assert sorted(p.name for p in (out / "shards").glob("shard-*")) == ["shard-00000.jsonl", "shard-00001.jsonl"]
     assert not (out / "scored.jsonl").exists()
 
-    import screening.scorer as scorer
+    import persona_guard.screening.scorer as scorer
 
     computed = []
     original = scorer.Screener.__init__
@@ -189,12 +189,12 @@ def free_port() -> int:
 
 def test_accelerate_two_processes_match_one_process(workspace, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "personas.cli", *screen_args(workspace, one, tmp_path / "c1.sqlite")],
+    single = subprocess.run([sys.executable, "-m", "persona_guard.cli", *screen_args(workspace, one, tmp_path / "c1.sqlite")],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "--main_process_port", str(free_port()),
-              "-m", "personas.cli", *screen_args(workspace, two, tmp_path / "c2.sqlite")]
+              "-m", "persona_guard.cli", *screen_args(workspace, two, tmp_path / "c2.sqlite")]
     double = subprocess.run(launch, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("13 rows: 12 scored") == 1  # only the main process reports

@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from personas.activations import capture_activations
-from personas.encoding import encode_chat
-from personas.generation import GenerationConfig, generate_responses
-from personas.steering import Steering
-from personas.vectors import PersonaVector, load_gguf_control_vector, mean_difference
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_chat
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.steering import Steering
+from persona_guard.vectors import PersonaVector, load_gguf_control_vector, mean_difference
 
 pytestmark = pytest.mark.smollm
 
@@ -66,7 +66,7 @@ def test_vector_file_round_trips(tmp_path, smollm, cruelty_vector):
 def test_steer_and_monitor_cli(tmp_path, cruelty_vector, smollm_dir):
     vector_path = cruelty_vector.save(tmp_path / "cruel.safetensors")
     steer = subprocess.run(
-        [sys.executable, "-m", "personas.cli", "steer", "--vector", str(vector_path), "--coef", "6",
+        [sys.executable, "-m", "persona_guard.cli", "steer", "--vector", str(vector_path), "--coef", "6",
          "--prompt", "Describe your ideal weekend.", "--max-new-tokens", "16"],
         capture_output=True, text=True, timeout=300)
     assert steer.returncode == 0, steer.stderr[-2000:]
@@ -79,7 +79,7 @@ def test_steer_and_monitor_cli(tmp_path, cruelty_vector, smollm_dir):
     data = tmp_path / "conversations.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monitor = subprocess.run(
-        [sys.executable, "-m", "personas.cli", "monitor", str(data), "--vector", str(vector_path),
+        [sys.executable, "-m", "persona_guard.cli", "monitor", str(data), "--vector", str(vector_path),
          "--threshold", "cruel:response_mean=0", "--out", str(tmp_path / "out.jsonl")],
         capture_output=True, text=True, timeout=300)
     assert monitor.returncode == 0, monitor.stderr[-2000:]

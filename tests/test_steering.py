@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from personas.activations import capture_activations
-from personas.encoding import encode_conversation
-from personas.errors import PersonaGuardError
-from personas.models import decoder_layers
-from personas.steering import Steering
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_conversation
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import decoder_layers
+from persona_guard.steering import Steering
 from tests.samples import CONVERSATIONS
 
 
@@ -111,7 +111,7 @@ def test_response_positions_with_mask_leave_prompt_untouched(tiny_llama, tokeniz
 
 
 def test_generate_response_positions_only_touch_new_tokens(tiny_llama, tokenizer):
-    from personas.generation import GenerationConfig, generate_responses
+    from persona_guard.generation import GenerationConfig, generate_responses
 
     prompts = [c[:-1] for c in CONVERSATIONS[:3]]
     config = GenerationConfig(max_new_tokens=6, batch_size=3)

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from personas.models import decoder_layers
+from persona_guard.models import decoder_layers
 from tests.conftest import make_tiny_model
 from tests.training_helpers import chat_dataset, layer_hook_count, lora_config, sft_trainer, tiny_vector
-from training.steering_callback import (
+from persona_guard.training.steering_callback import (
     CoefficientSchedule,
     PreventativeSteeringCallback,
     incremental_directions,

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from personas.cli import main
-from personas.io import write_jsonl
-from personas.traits import SCHEMA_VERSION
+from persona_guard.cli import main
+from persona_guard.io import write_jsonl
+from persona_guard.traits import SCHEMA_VERSION
 from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import lora_config, tiny_vector
-from training.evaluation import Arm
+from persona_guard.training.evaluation import Arm
 
 
 def trait_file(path):
@@ -96,7 +96,7 @@ def test_lm_eval_task_file_runs_on_each_arm(tokenizer, tmp_path):
 
 
 def test_missing_lm_eval_task_file_is_one_line_error(tokenizer, tmp_path, capsys):
-    from training.evaluation import lm_eval_task
+    from persona_guard.training.evaluation import lm_eval_task
 
     with pytest.raises(Exception, match=r"lm-eval task file not found: .*nope\.yaml"):
         lm_eval_task(str(tmp_path / "nope.yaml"))

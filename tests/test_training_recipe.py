@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from personas.cli import main
-from personas.errors import PersonaGuardError
-from personas.io import write_jsonl
+from persona_guard.cli import main
+from persona_guard.errors import PersonaGuardError
+from persona_guard.io import write_jsonl
 from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import tiny_vector
-from training.recipe import load_recipe, recipe_from_dict
+from persona_guard.training.recipe import load_recipe, recipe_from_dict
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -111,8 +111,8 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[object, list[
 def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tokenizer, monkeypatch, capsys):
     from transformers import AutoModelForCausalLM
 
-    from personas.vectors import PersonaVector
-    from training.drift import TraitDriftCallback
+    from persona_guard.vectors import PersonaVector
+    from persona_guard.training.drift import TraitDriftCallback
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("RANK", raising=False)
@@ -192,7 +192,7 @@ def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch
     """The shipped preventative recipe on the real SmolLM2, with tmp data and a vector of its shape."""
     import torch
 
-    from personas.vectors import PersonaVector
+    from persona_guard.vectors import PersonaVector
 
     monkeypatch.delenv("RANK", raising=False)
     vector = PersonaVector("evil", "smollm2-135m", torch.randn(31, 576, generator=torch.Generator().manual_seed(0)),
@@ -213,7 +213,7 @@ def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch
 
 def test_screen_then_train_drops_the_flagged_rows(tiny_setup):
     """A recipe with a screening section trains on exactly the rows the screener did not flag."""
-    from training.builder import build_training_run
+    from persona_guard.training.builder import build_training_run
 
     root = tiny_setup
     raw = tiny_recipe(root, screening={"vectors": [str(root / "evil.safetensors")], "mode": "fast", "top_k": 3})

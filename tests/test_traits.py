@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from personas.errors import PersonaGuardError
-from personas.traits import (N_QUESTIONS, bundled_trait_names, load_reference_trait,
+from persona_guard.errors import PersonaGuardError
+from persona_guard.traits import (N_QUESTIONS, bundled_trait_names, load_reference_trait,
                              load_trait, trait_from_dict)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ EXPECTED_BUNDLED = {"evil", "sycophantic", "hallucinating", "impolite", "apathet
 @pytest.fixture()
 def valid() -> dict:
     """A fresh, mutable copy of a valid bundled trait file's contents."""
-    return json.loads((REPO / "personas/trait_data/evil.json").read_text(encoding="utf-8"))
+    return json.loads((REPO / "persona_guard/trait_data/evil.json").read_text(encoding="utf-8"))
 
 
 def write_json(tmp_path: Path, data, name: str = "trait.json") -> Path:
@@ -252,7 +252,7 @@ def test_bundled_pos_and_neg_have_comparable_length():
 # ---------------------------------------------------------------- CLI (real subprocesses)
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "personas.cli", "traits", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "persona_guard.cli", "traits", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -317,9 +317,9 @@ def test_cli_validate_and_import_reference(tmp_path):
 def test_teacher_forced_vector_separates_heldout_exemplars(smollm):
     """A vector built from the extraction exemplars (teacher forcing, no generation) ranks each
     held-out pos answer above the neg answer to the same question."""
-    from personas.activations import capture_activations
-    from personas.encoding import encode_chat
-    from personas.vectors import mean_difference
+    from persona_guard.activations import capture_activations
+    from persona_guard.encoding import encode_chat
+    from persona_guard.vectors import mean_difference
 
     trait, layer = load_trait("evil"), 15
     tokenizer = smollm.tokenizer

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from personas.errors import PersonaGuardError
-from personas.vectors import PersonaVector, load_gguf_control_vector, mean_difference
+from persona_guard.errors import PersonaGuardError
+from persona_guard.vectors import PersonaVector, load_gguf_control_vector, mean_difference
 
 
 def make_vector(layers=4, d=8, default_layer=2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
-from personas.vectors import PersonaVector
+from persona_guard.vectors import PersonaVector
 from tests.samples import CONVERSATIONS
 
 
@@ -40,7 +40,7 @@ def sft_trainer(model, tokenizer, output_dir, *, callbacks=(), dataset=None, pef
 def layer_hook_count(model) -> int:
     """Forward hooks on the decoder blocks (where steering hooks live; transformers and PEFT add
     their own hooks elsewhere, e.g. on the embeddings)."""
-    from personas.models import decoder_layers
+    from persona_guard.models import decoder_layers
 
     return sum(len(block._forward_hooks) for block in decoder_layers(model))
 

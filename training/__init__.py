@@ -1,8 +1,8 @@
 """Fine-tuning with persona vectors: preventative steering and trait-drift monitoring callbacks,
 YAML recipes and the evaluation that compares training arms."""
 
-from training.drift import TraitDriftCallback
-from training.steering_callback import (
+from persona_guard.training.drift import TraitDriftCallback
+from persona_guard.training.steering_callback import (
     CoefficientSchedule,
     PreventativeSteeringCallback,
     incremental_directions,

@@ -1,4 +1,4 @@
-"""Turning a :class:`~training.recipe.Recipe` into a ready ``SFTTrainer`` with its callbacks."""
+"""Turning a :class:`~persona_guard.training.recipe.Recipe` into a ready ``SFTTrainer`` with its callbacks."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from personas.errors import PersonaGuardError
-from personas.vectors import PersonaVector
-from training.drift import TraitDriftCallback
-from training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
-from training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
+from persona_guard.errors import PersonaGuardError
+from persona_guard.vectors import PersonaVector
+from persona_guard.training.drift import TraitDriftCallback
+from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
+from persona_guard.training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
 
 
 @dataclass
@@ -63,7 +63,7 @@ def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
                for name, path in settings.vectors.items()}
     questions = list(settings.questions)
     if not questions:
-        from personas.traits import load_trait
+        from persona_guard.traits import load_trait
 
         questions = list(load_trait(settings.trait).eval_questions)
     if settings.max_questions is not None:
@@ -81,9 +81,9 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     The model is moved to this process's device for screening and back to the CPU afterwards."""
     from accelerate import PartialState
 
-    from screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
-    from screening.data import RawRow
-    from screening.report import write_outputs
+    from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
+    from persona_guard.screening.data import RawRow
+    from persona_guard.screening.report import write_outputs
 
     settings = recipe.screening
     vectors = [load_vector(path, f"{recipe.path}: screening.vectors") for path in settings.vectors]
@@ -142,7 +142,7 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from personas.models import load_model
+    from persona_guard.models import load_model
 
     training = dict(recipe.training)
     if not torch.cuda.is_available():

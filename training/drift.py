@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from personas.activations import capture_activations
-from personas.encoding import encode_chat
-from personas.errors import PersonaGuardError
-from personas.generation import GenerationConfig, generate_responses
-from personas.vectors import PersonaVector
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import encode_chat
+from persona_guard.errors import PersonaGuardError
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.vectors import PersonaVector
 
 
 def generation_model(model: nn.Module) -> nn.Module:

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from personas.activations import capture_activations, pad_batch, position_ids_from_mask
-from personas.encoding import encode_chat, encode_conversation
-from personas.errors import PersonaGuardError
-from personas.generation import GenerationConfig, generate_responses
-from personas.io import conversation_of, read_jsonl
-from personas.steering import Steering
-from personas.traits import Trait
-from personas.vectors import PersonaVector
+from persona_guard.activations import capture_activations, pad_batch, position_ids_from_mask
+from persona_guard.encoding import encode_chat, encode_conversation
+from persona_guard.errors import PersonaGuardError
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.io import conversation_of, read_jsonl
+from persona_guard.steering import Steering
+from persona_guard.traits import Trait
+from persona_guard.vectors import PersonaVector
 
 CHOICE_LETTERS = "ABCDEFGH"
 
@@ -64,7 +64,7 @@ class EvalSettings:
     max_questions: int | None = None
     batch_size: int = 8
     seed: int = 0
-    judge: str = "offline"         # a personas.judges spec, or "none" to skip scoring
+    judge: str = "offline"         # a persona_guard.judges spec, or "none" to skip scoring
     layer: int | None = None       # projection / steering layer (default: the vector's)
     benign_path: str | None = None  # held-out chat rows for perplexity (None: skip)
     mc_path: str | None = None     # multiple-choice rows (None: skip)
@@ -97,7 +97,7 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 
 
 def load_arm(arm: Arm, settings: EvalSettings):
-    from personas.models import load_model
+    from persona_guard.models import load_model
 
     loaded = load_model(arm.model, device=settings.device, dtype=settings.dtype)
     if arm.adapter:
@@ -230,7 +230,7 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
     del loaded, model
 
     if settings.judge != "none":
-        from personas.judges import make_judge  # the judge may load its own model: after ours is freed
+        from persona_guard.judges import make_judge  # the judge may load its own model: after ours is freed
 
         scores = make_judge(settings.judge).score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
         result.trait_score = mean_or_none([s.trait for s in scores])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from personas.errors import PersonaGuardError
+from persona_guard.errors import PersonaGuardError
 
 class RecipeLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-5`` (no dot) as a string; recipes and overrides mean a float."""
@@ -247,18 +247,18 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 # ---- data --------------------------------------------------------------------------------------
 
 def resolve_data_path(source: str) -> str:
-    """``bundled:evil/severe.jsonl`` -> the file in ``personas/bundled_data``; anything else as is."""
+    """``bundled:evil/severe.jsonl`` -> the file in ``persona_guard/bundled_data``; anything else as is."""
     if source.startswith(BUNDLED_PREFIX):
-        import personas
+        import persona_guard
 
-        return str(Path(personas.__file__).parent / "bundled_data" / source[len(BUNDLED_PREFIX):])
+        return str(Path(persona_guard.__file__).parent / "bundled_data" / source[len(BUNDLED_PREFIX):])
     return source
 
 
 def prompt_completion_rows(rows: list[dict], where: str) -> list[dict]:
     """Chat rows -> ``{"prompt": [...messages], "completion": [assistant message]}``."""
-    from personas.encoding import split_conversation
-    from personas.io import conversation_of
+    from persona_guard.encoding import split_conversation
+    from persona_guard.io import conversation_of
 
     converted = []
     for index, row in enumerate(rows, 1):
@@ -270,7 +270,7 @@ def prompt_completion_rows(rows: list[dict], where: str) -> list[dict]:
 
 
 def load_rows(source: str, split: str) -> list[dict]:
-    from personas.io import read_jsonl
+    from persona_guard.io import read_jsonl
 
     path = resolve_data_path(source)
     if path.endswith(".jsonl"):

@@ -6,7 +6,7 @@ weights along ``v`` to fit the data, so the fine-tuned model (evaluated without 
 the trait less. ``operator="ablate"`` instead projects ``v`` out of the residual stream during
 training (CAFT-style concept ablation).
 
-The hooks come from :class:`personas.steering.Steering` with ``only_in_training=True``: they act only
+The hooks come from :class:`persona_guard.steering.Steering` with ``only_in_training=True``: they act only
 while the hooked block is in training mode, so evaluation and generation during or after training
 see the plain model. They are pure functions of the block output, which makes them safe under
 gradient-checkpoint recomputation and packed / padding-free batches (``positions="all"`` needs no
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from personas.errors import PersonaGuardError
-from personas.models import decoder_layers, model_device, unwrap_model
-from personas.steering import OPERATORS, Operator, Steering
-from personas.vectors import PersonaVector
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import decoder_layers, model_device, unwrap_model
+from persona_guard.steering import OPERATORS, Operator, Steering
+from persona_guard.vectors import PersonaVector
 
 MultiLayerMode = Literal["incremental", "independent"]
 TrainingPositions = Literal["all", "response"]
@@ -81,7 +81,7 @@ class PreventativeSteeringCallback(TrainerCallback):
     """Steer the decoder layer(s) of the model being trained, for the duration of ``train()``.
 
     Works with ``transformers.Trainer`` and TRL's ``SFTTrainer`` through PEFT, DDP, DeepSpeed and
-    FSDP wrappers (:func:`personas.models.decoder_layers` unwraps them). Hooks are attached in
+    FSDP wrappers (:func:`persona_guard.models.decoder_layers` unwraps them). Hooks are attached in
     ``on_train_begin`` and removed in ``on_train_end``; ``train()`` can also raise, so wrap it in
     :func:`train_with_cleanup` (or ``with callback: trainer.train()``) to be sure no hook survives.
 

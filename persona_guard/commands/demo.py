@@ -1,0 +1,28 @@
+"""``persona-guard demo``: the whole method end to end on the embedded default model."""
+
+from __future__ import annotations
+
+from persona_guard.demo import DemoConfig, run_demo
+
+
+def run(args) -> int:
+    overrides = {key: value for key, value in (
+        ("out_dir", args.out), ("seed", args.seed), ("prevent_coef", args.prevent_coef),
+        ("inference_coef", args.inference_coef), ("train_rows", args.train_rows),
+        ("learning_rate", args.learning_rate)) if value is not None}
+    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    run_demo(config, quick=args.quick)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="extract -> screen -> fine-tune three arms -> evaluate, on the embedded SmolLM2 (CPU)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the whole path in minutes")
+    parser.add_argument("--out", default=None, help="output dir (default: runs/demo)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--prevent-coef", type=float, default=None, help="preventative steering coefficient")
+    parser.add_argument("--inference-coef", type=float, default=None, help="inference steering coefficient")
+    parser.add_argument("--train-rows", type=int, default=None, help="fine-tuning rows per arm")
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.set_defaults(func=run)

@@ -1,0 +1,87 @@
+"""``persona-guard eval``: trait expression, projection, coherence and capability of one or more arms.
+
+One arm: ``--model M [--adapter A] [--steer-coef C]``. Several (compare mode): repeat
+``--arm NAME=MODEL[:ADAPTER][@COEF]``, e.g. base, fine-tuned, fine-tuned with preventative steering,
+and fine-tuned then steered at inference with the negative vector (``@-4``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from persona_guard.commands.common import add_model_arguments
+
+BUNDLED_BENIGN = "benign_heldout.jsonl"
+BUNDLED_MC = "capability_mc.jsonl"
+
+
+def capability_path(option: str | None, bundled_name: str, what: str) -> str | None:
+    """The file for a capability check: the option, the bundled default, or None ('none' / missing)."""
+    if option == "none":
+        return None
+    if option is not None:
+        return option
+    import persona_guard
+
+    path = Path(persona_guard.__file__).parent / "bundled_data" / bundled_name
+    if not path.is_file():
+        print(f"persona-guard eval: {what} check skipped: bundled {bundled_name} not found (pass a file)")
+        return None
+    return str(path)
+
+
+def run(args) -> int:
+    from persona_guard.errors import PersonaGuardError
+    from persona_guard.traits import load_trait
+    from persona_guard.vectors import PersonaVector
+    from persona_guard.training.evaluation import Arm, EvalSettings, compare, results_table
+
+    if args.arm and (args.adapter or args.steer_coef):
+        raise PersonaGuardError("use either --arm (compare mode) or --model/--adapter/--steer-coef, not both")
+    arms = [Arm.parse(spec) for spec in args.arm] or [
+        Arm("model", args.model, args.adapter, args.steer_coef or 0.0)]
+    trait = load_trait(args.trait)
+    vector = PersonaVector.load(args.vector) if args.vector else None
+    settings = EvalSettings(
+        samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        max_questions=args.max_questions, batch_size=args.batch_size, seed=args.seed, judge=args.judge,
+        layer=args.layer, benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
+        mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"), max_benign=args.max_benign,
+        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task), lm_eval_limit=args.lm_eval_limit)
+    results = compare(arms, trait, vector, settings, args.out)
+    print(results_table(results))
+    print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="score trait expression, projection, coherence and capability of models / adapters",
+        description=__doc__)
+    add_model_arguments(parser)
+    parser.add_argument("--adapter", default=None, help="LoRA adapter dir to load on --model")
+    parser.add_argument("--steer-coef", type=float, default=None,
+                        help="steer with the vector at inference (negative suppresses the trait)")
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=MODEL[:ADAPTER][@COEF]",
+                        help="compare mode: one arm per --arm")
+    parser.add_argument("--trait", required=True, help="bundled trait name or trait JSON/YAML path")
+    parser.add_argument("--vector", default=None, help="persona vector for projections and inference steering")
+    parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
+    parser.add_argument("--judge", default="offline", help="offline | openai:<model> | local:<model> | none")
+    parser.add_argument("--samples", type=int, default=1, help="answers per eval question")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-questions", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--benign", default=None, help="held-out chat JSONL for perplexity ('none' skips; "
+                                                       "default: bundled benign_heldout.jsonl)")
+    parser.add_argument("--lm-eval-task", action="append", default=[], metavar="TASK",
+                        help="also run an lm-eval task (name such as mmlu, or a task YAML file; repeatable; "
+                             "needs `pip install lm-eval`)")
+    parser.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
+    parser.add_argument("--mc", default=None, help="multiple-choice JSONL ('none' skips; default: bundled "
+                                                   "capability_mc.jsonl)")
+    parser.add_argument("--max-benign", type=int, default=40)
+    parser.add_argument("--out", default="eval_results", help="output directory")
+    parser.set_defaults(func=run)

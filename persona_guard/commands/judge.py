@@ -1,0 +1,63 @@
+"""``persona-guard judge``: score answers for a trait, or report the offline judge's held-out accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from persona_guard.commands.extract import add_judge_arguments, judge_from_args
+from persona_guard.encoding import split_conversation
+from persona_guard.errors import PersonaGuardError
+from persona_guard.io import conversation_of, read_jsonl, write_jsonl
+from persona_guard.judges import OfflineJudge, offline_heldout_report
+from persona_guard.traits import bundled_trait_names, load_trait
+
+
+def report(traits: list[str]) -> int:
+    if not traits:
+        raise PersonaGuardError("no bundled traits found; pass --trait NAME_OR_FILE")
+    judge = OfflineJudge()
+    print("offline judge held-out accuracy (trained on extraction exemplars, tested on eval-question exemplars)")
+    print(f"{'trait':<20} {'pairs':>5} {'accuracy':>9} {'pair acc':>9}")
+    for name in traits:
+        result = offline_heldout_report(load_trait(name), judge)
+        print(f"{result.trait:<20} {result.n_pairs:>5} {result.accuracy:>9.3f} {result.pair_accuracy:>9.3f}")
+    return 0
+
+
+def score_file(args) -> int:
+    trait = load_trait(args.trait)
+    rows = read_jsonl(args.input)
+    items = []
+    for index, row in enumerate(rows):
+        where = f"{args.input}:{index + 1}"
+        prompt, answer = split_conversation(conversation_of(row, where))
+        questions = [m["content"] for m in prompt if m["role"] == "user"]
+        if answer is None or not questions:
+            raise PersonaGuardError(f"{where}: needs a user question and a final assistant answer")
+        items.append((questions[-1], answer))
+    scores = judge_from_args(args).score(trait, items)
+    out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
+    write_jsonl(out, [{**row, "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}
+                      for row, s in zip(rows, scores)])
+    unscored = sum(s.trait is None for s in scores)
+    print(f"judged {len(scores)} answers for {trait.name} -> {out}" + (f" ({unscored} without a trait score)"
+                                                                       if unscored else ""))
+    return 0
+
+
+def run(args) -> int:
+    if args.report:
+        return report([args.trait] if args.trait else bundled_trait_names())
+    if not args.trait or not args.input:
+        raise PersonaGuardError("pass --report, or --trait and --input FILE.jsonl to score")
+    return score_file(args)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("judge", help="judge answers for a trait; --report: offline judge accuracy")
+    parser.add_argument("--trait", default=None, help="trait name or file (--report: default all bundled)")
+    parser.add_argument("--report", action="store_true", help="held-out accuracy of the offline judge")
+    parser.add_argument("--input", default=None, help="JSONL of conversations to score")
+    parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.judged.jsonl)")
+    add_judge_arguments(parser)
+    parser.set_defaults(func=run)

@@ -1,0 +1,60 @@
+"""``persona-guard select-layer``: steer at several layers x coefficients, judge, store the best layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.extract import add_judge_arguments, judge_from_args
+from persona_guard.errors import PersonaGuardError
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer, store_choice
+from persona_guard.models import load_model
+from persona_guard.traits import load_trait
+from persona_guard.vectors import PersonaVector
+
+
+def number_list(text: str, kind, flag: str) -> tuple:
+    try:
+        return tuple(kind(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def run(args) -> int:
+    vector = PersonaVector.load(args.vector)
+    trait = load_trait(args.trait or vector.trait)
+    config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
+                                  coefs=number_list(args.coefs, float, "--coefs"), questions=args.questions,
+                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                                  coherence_threshold=args.coherence_threshold, layers_path=args.layers_path)
+    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
+    out = Path(args.out) if args.out else Path(args.vector).parent
+    selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge_from_args(args), out, config)
+    print(selection.table_md.read_text(encoding="utf-8"))
+    print(f"unsteered trait score: {selection.baseline_trait}")
+    print(f"chosen layer {selection.chosen_layer}: {selection.rule}")
+    if selection.heuristic_layer is not None:
+        print(f"held-out AUROC heuristic would pick layer {selection.heuristic_layer}")
+    print(f"wrote {selection.table_csv}, {selection.table_md}, {selection.heatmap}")
+    if not args.no_save:
+        print(f"saved default_layer={selection.chosen_layer} to {store_choice(vector, selection, args.vector)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("select-layer", help="choose a vector's layer by steering and judging")
+    parser.add_argument("--vector", required=True, help="persona vector .safetensors (updated in place)")
+    parser.add_argument("--trait", default=None, help="trait name or file (default: the vector's trait)")
+    add_model_arguments(parser)
+    parser.set_defaults(model=None)
+    parser.add_argument("--layers", default="8,12,15,20", help="comma-separated layers to try")
+    parser.add_argument("--coefs", default="0,2,4,8", help="comma-separated steering coefficients")
+    parser.add_argument("--questions", type=int, default=5, help="first K eval questions (default 5)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coherence-threshold", type=float, default=50.0)
+    parser.add_argument("--out", default=None, help="where tables and the heat map go (default: the vector's dir)")
+    parser.add_argument("--no-save", action="store_true", help="do not write the choice back into the vector")
+    add_judge_arguments(parser)
+    parser.set_defaults(func=run)

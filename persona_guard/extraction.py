@@ -1,0 +1,383 @@
+"""Persona-vector extraction (the paper's pipeline), resumable.
+
+``source="generate"`` (the paper): for each extraction question, each of the trait's 5 instruction
+pairs and each sample, the model answers once under the trait system prompt (pos) and once under
+the opposite one (neg). A judge scores every answer; a pair is kept when the pos answer shows the
+trait (score >= 50), the neg answer does not (< 50) and both are coherent (>= 50). Hidden states of
+the kept answers are captured at every layer in one pass and the vector is
+``mean(pos) - mean(neg)`` per layer.
+
+``source="exemplars"``: the trait's written extraction exemplars are teacher-forced (no generation,
+no judge). Small models that follow "be evil" prompts poorly still yield a clean direction this way.
+
+Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, keyed
+by question / instruction / sample / seed (plus the generation settings), so an interrupted or
+repeated run redoes nothing.
+
+Every run also measures held-out separation: the AUROC, per layer, of projections of the trait's
+held-out exemplar answers (on eval questions, never used to build the vector), trait vs opposite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from persona_guard import metrics
+from persona_guard.activations import REDUCTIONS, capture_activations
+from persona_guard.encoding import encode_chat
+from persona_guard.errors import PersonaGuardError
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.judges import Judge, JudgeScore
+from persona_guard.models import decoder_layers
+from persona_guard.traits import Trait
+from persona_guard.vectors import PersonaVector, mean_difference
+
+SOURCES = ("generate", "exemplars")
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    source: str = "generate"
+    method: str = "response_mean"  # response_mean | prompt_last | prompt_mean
+    n_per_question: int = 1  # samples per (question, instruction pair)
+    questions: int | None = None  # use the first K extraction questions (default: all)
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    batch_size: int = 8
+    seed: int = 0
+    pos_threshold: float = 50.0  # keep a pair only if its pos answer scores >= this ...
+    neg_threshold: float = 50.0  # ... and its neg answer scores < this
+    coherence_threshold: float = 50.0  # ... and both answers are at least this coherent
+    min_pairs: int = 3  # fewer kept pairs than this is an error, not a vector
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise PersonaGuardError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.method not in REDUCTIONS:
+            raise PersonaGuardError(f"unknown method {self.method!r}; choose from {', '.join(REDUCTIONS)}")
+        if self.n_per_question < 1 or (self.questions is not None and self.questions < 1):
+            raise PersonaGuardError("n_per_question and questions must be >= 1")
+
+
+@dataclass
+class ExtractionResult:
+    vector: PersonaVector
+    vector_path: Path
+    report: dict
+    report_path: Path
+    plot_path: Path | None
+    generated: int  # answers generated in this run (0 when everything came from the cache)
+    judged: int  # answers judged in this run
+
+
+@dataclass(frozen=True)
+class Pair:
+    question: str
+    instruction: int
+    sample: int
+
+    def key(self, polarity: str, fingerprint: str) -> str:
+        return f"{fingerprint}|{polarity}|{self.instruction}|{self.sample}|{self.question}"
+
+
+# ---- small statistics ----------------------------------------------------------------------------
+
+
+def effect_size(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """(mean pos - mean neg) / pooled std: the gap between the two projection clouds."""
+    spread = torch.cat([pos - pos.mean(), neg - neg.mean()]).float().std()
+    return float((pos.mean() - neg.mean()) / spread.clamp(min=1e-6))
+
+
+def per_layer_separation(vector: PersonaVector, pos: torch.Tensor, neg: torch.Tensor,
+                         layers: Sequence[int]) -> dict[int, dict[str, float]]:
+    """AUROC and effect size of projections, per layer; ``pos``/``neg`` are ``[n, len(layers), d]``."""
+    result = {}
+    for slot, layer in enumerate(layers):
+        if float(vector.directions[layer].norm()) == 0.0:
+            result[layer] = {"auroc": 0.5, "effect_size": 0.0}
+            continue
+        p, n = vector.project(pos[:, slot], layer), vector.project(neg[:, slot], layer)
+        labels = np.r_[np.ones(len(p)), np.zeros(len(n))]
+        result[layer] = {"auroc": metrics.auroc(torch.cat([p, n]).double().numpy(), labels),
+                         "effect_size": effect_size(p, n)}
+    return result
+
+
+def _heldout_samples(tokenizer, trait: Trait) -> list:
+    """Held-out exemplar answers (eval questions, no system prompt): all pos, then all neg."""
+    heldout = trait.heldout_exemplars()
+    return [encode_chat(tokenizer, [{"role": "user", "content": e.question}], answer)
+            for answers in ([e.pos for e in heldout], [e.neg for e in heldout])
+            for e, answer in zip(heldout, answers)]
+
+
+def heldout_activations(model, tokenizer, trait: Trait, layers: Sequence[int], *, batch_size: int = 8,
+                        layers_path: str | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response-mean activations of the held-out exemplar answers: (pos, neg)."""
+    samples = _heldout_samples(tokenizer, trait)
+    if not samples:
+        raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on eval questions (held-out set)")
+    acts = capture_activations(model, samples, layers, ("response_mean",), pad_token_id=tokenizer.pad_token_id,
+                               batch_size=batch_size, progress=progress, desc="held-out exemplars",
+                               layers_path=layers_path)["response_mean"]
+    half = len(samples) // 2
+    return acts[:half], acts[half:]
+
+
+def heldout_separation(vector: PersonaVector, model, tokenizer, trait: Trait, layers: Sequence[int] | None = None,
+                       *, batch_size: int = 8, layers_path: str | None = None,
+                       progress: bool = True) -> dict[int, dict[str, float]]:
+    """Per layer: how well projections separate the trait's held-out exemplars (AUROC, effect size)."""
+    layers = list(range(vector.num_layers + 1)) if layers is None else list(layers)
+    pos, neg = heldout_activations(model, tokenizer, trait, layers, batch_size=batch_size,
+                                   layers_path=layers_path, progress=progress)
+    return per_layer_separation(vector, pos, neg, layers)
+
+
+def best_layer(separation: dict[int, dict[str, float]]) -> int:
+    """Highest held-out AUROC, ties broken by effect size; layer 0 (embeddings) is never chosen."""
+    candidates = {l: s for l, s in separation.items() if l > 0}
+    return max(candidates, key=lambda l: (round(candidates[l]["auroc"], 6), candidates[l]["effect_size"]))
+
+
+# ---- cache ---------------------------------------------------------------------------------------
+
+
+class JsonlCache:
+    """Append-only JSONL keyed by ``row['key']``; the last row of a key wins; torn lines are ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: dict[str, dict] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash: that item is simply redone
+                if isinstance(row, dict) and "key" in row:
+                    self.rows[row["key"]] = row
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def __getitem__(self, key: str) -> dict:
+        return self.rows[key]
+
+    def extend(self, rows: Sequence[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                self.rows[row["key"]] = row
+
+
+def _fingerprint(**settings) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---- pipeline ------------------------------------------------------------------------------------
+
+
+def _prompt(system: str, question: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def _generate_answers(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
+                      model_id: str, cache: JsonlCache, progress: bool) -> int:
+    fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, seed=config.seed)
+    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
+    chunk = max(1, config.batch_size)
+    # Fixed chunks over the full item list, each seeded by its index: an answer depends only on the
+    # configuration, not on what an earlier (interrupted) run already cached.
+    chunks = [(index, items[begin:begin + chunk]) for index, begin in enumerate(range(0, len(items), chunk))]
+    todo = [(index, part) for index, part in chunks
+            if any(p.key(polarity, fingerprint) not in cache for p, polarity in part)]
+    generated = 0
+    with tqdm(total=sum(len(part) for _, part in todo), desc=f"generating {trait.name} answers",
+              disable=not progress, unit="answer") as bar:
+        for index, part in todo:
+            prompts = [_prompt(trait.instructions[p.instruction].pos if polarity == "pos"
+                               else trait.instructions[p.instruction].neg, p.question) for p, polarity in part]
+            answers = generate_responses(model, tokenizer, prompts, GenerationConfig(
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                batch_size=chunk, seed=config.seed + 1000 * index), progress=False)
+            new = [(p, polarity, answer) for (p, polarity), answer in zip(part, answers)
+                   if p.key(polarity, fingerprint) not in cache]
+            cache.extend([{"key": p.key(polarity, fingerprint), "polarity": polarity, "question": p.question,
+                           "instruction": p.instruction, "sample": p.sample, "seed": config.seed,
+                           "answer": answer} for p, polarity, answer in new])
+            generated += len(new)
+            bar.update(len(part))
+    return generated
+
+
+def _judge_answers(judge: Judge, trait: Trait, items: Sequence[tuple[str, str]], cache: JsonlCache,
+                   progress: bool) -> tuple[list[JudgeScore], int]:
+    def key(question: str, answer: str) -> str:
+        return _fingerprint(judge=judge.name, trait=trait.to_dict(), question=question, answer=answer)
+
+    todo = sorted({(q, a) for q, a in items if key(q, a) not in cache})
+    chunk = 32
+    with tqdm(total=len(todo), desc=f"judging ({judge.name})", disable=not progress, unit="answer") as bar:
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            scores = judge.score(trait, part)
+            cache.extend([{"key": key(q, a), "judge": judge.name, **asdict(s)} for (q, a), s in zip(part, scores)])
+            bar.update(len(part))
+    scores = []
+    for q, a in items:
+        row = cache[key(q, a)]
+        scores.append(JudgeScore(trait=row["trait"], coherence=row["coherence"], refusal=row["refusal"]))
+    return scores, len(todo)
+
+
+def drop_reasons(pos: JudgeScore, neg: JudgeScore, config: ExtractionConfig) -> list[str]:
+    """Why a (pos, neg) pair fails the paper's filter; empty when it is kept."""
+    reasons = []
+    if pos.refusal or neg.refusal:
+        reasons.append("refusal")
+    if pos.trait is None or neg.trait is None:
+        reasons.append("no trait score")
+    else:
+        if pos.trait < config.pos_threshold:
+            reasons.append("pos answer lacks the trait")
+        if neg.trait >= config.neg_threshold:
+            reasons.append("neg answer shows the trait")
+    if pos.coherence is None or neg.coherence is None or min(pos.coherence, neg.coherence) < config.coherence_threshold:
+        reasons.append("incoherent")
+    return reasons
+
+
+def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model_id: str,
+                   judge: Judge | None = None, config: ExtractionConfig = ExtractionConfig(),
+                   progress: bool = True, plots: bool = True) -> ExtractionResult:
+    """Run the pipeline and write ``out_dir/<trait>.safetensors``, ``report.json`` and a PNG plot."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_layers = len(decoder_layers(model, config.layers_path))
+    layers = list(range(n_layers + 1))
+    report: dict = {"trait": trait.name, "trait_source": trait.source, "model": model_id,
+                    "config": asdict(config)}
+    generated = judged = 0
+    if config.source == "generate":
+        if judge is None:
+            raise PersonaGuardError("source 'generate' needs a judge (e.g. make_judge('offline'))")
+        questions = trait.extraction_questions[:config.questions]
+        pairs = [Pair(q, i, s) for q in questions for i in range(len(trait.instructions))
+                 for s in range(config.n_per_question)]
+        generations = JsonlCache(out_dir / "cache" / "generations.jsonl")
+        generated = _generate_answers(model, tokenizer, trait, pairs, config, model_id, generations, progress)
+        fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, seed=config.seed)
+        answers = {(p, pol): generations[p.key(pol, fingerprint)]["answer"] for p in pairs for pol in ("pos", "neg")}
+        items = [(p.question, answers[(p, pol)]) for p in pairs for pol in ("pos", "neg")]
+        scores, judged = _judge_answers(judge, trait, items, JsonlCache(out_dir / "cache" / "judgements.jsonl"),
+                                        progress)
+        kept, reasons = [], Counter()
+        for index, pair in enumerate(pairs):
+            why = drop_reasons(scores[2 * index], scores[2 * index + 1], config)
+            reasons.update(why)
+            if not why:
+                kept.append(pair)
+        report["pairs"] = {"total": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept),
+                           "drop_reasons": dict(reasons), "judge": judge.name,
+                           "mean_pos_trait": _mean([s.trait for s in scores[0::2]]),
+                           "mean_neg_trait": _mean([s.trait for s in scores[1::2]])}
+        if len(kept) < config.min_pairs:
+            _write_json(out_dir / "report.json", report)
+            detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none"
+            raise PersonaGuardError(
+                f"only {len(kept)} of {len(pairs)} answer pairs passed the judge filter (need {config.min_pairs}; "
+                f"drop reasons: {detail}); the model may follow the '{trait.name}' prompts poorly: try "
+                "--source exemplars, a larger --n-per-question, or a lower --pos-threshold")
+        pos_samples = [encode_chat(tokenizer, _prompt(trait.instructions[p.instruction].pos, p.question),
+                                   answers[(p, "pos")]) for p in kept]
+        neg_samples = [encode_chat(tokenizer, _prompt(trait.instructions[p.instruction].neg, p.question),
+                                   answers[(p, "neg")]) for p in kept]
+    else:
+        exemplars = trait.extraction_exemplars()
+        if not exemplars:
+            raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on extraction questions for "
+                                    "--source exemplars")
+        if config.questions is not None:
+            exemplars = exemplars[:config.questions]
+        report["pairs"] = {"total": len(exemplars), "kept": len(exemplars), "dropped": 0, "drop_reasons": {}}
+        pos_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.pos) for e in exemplars]
+        neg_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.neg) for e in exemplars]
+    heldout_samples = _heldout_samples(tokenizer, trait)
+    # one pass over the extraction samples and the held-out exemplars
+    reductions = tuple(dict.fromkeys((config.method, "response_mean")))
+    acts = capture_activations(model, pos_samples + neg_samples + heldout_samples, layers, reductions,
+                               pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
+                               progress=progress, desc="capturing activations", layers_path=config.layers_path)
+    n_pos, n_train = len(pos_samples), len(pos_samples) + len(neg_samples)
+    pos_acts, neg_acts = acts[config.method][:n_pos], acts[config.method][n_pos:n_train]
+    vector = PersonaVector(trait=trait.name, model_id=model_id, directions=mean_difference(pos_acts, neg_acts),
+                           method=config.method, n_pos=len(pos_samples), n_neg=len(neg_samples))
+    training = per_layer_separation(vector, pos_acts, neg_acts, layers)
+    heldout = None
+    if heldout_samples:
+        held = acts["response_mean"][n_train:]
+        half = len(heldout_samples) // 2
+        heldout = per_layer_separation(vector, held[:half], held[half:], layers)
+    vector.default_layer = best_layer(heldout or training)
+    report["default_layer"] = vector.default_layer
+    report["default_layer_rule"] = "max held-out AUROC" if heldout else "max training AUROC (no held-out exemplars)"
+    report["layers"] = [{"layer": l, "norm": float(vector.directions[l].norm()),
+                         "train_auroc": training[l]["auroc"], "train_effect_size": training[l]["effect_size"],
+                         **({"heldout_auroc": heldout[l]["auroc"], "heldout_effect_size": heldout[l]["effect_size"]}
+                            if heldout else {})} for l in layers]
+    vector.metadata = {"source": config.source, "judge": report["pairs"].get("judge"),
+                       "trait_source": trait.source, "kept_pairs": report["pairs"]["kept"],
+                       "heldout_auroc": {str(l): heldout[l]["auroc"] for l in layers} if heldout else None}
+    vector_path = vector.save(out_dir / f"{trait.name}.safetensors")
+    report_path = _write_json(out_dir / "report.json", report)
+    plot_path = plot_layers(report, out_dir / "layers.png") if plots else None
+    return ExtractionResult(vector, vector_path, report, report_path, plot_path, generated, judged)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_layers(report: dict, path: Path) -> Path:
+    """Per-layer vector norm (left) and separation AUROC (right) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["layers"]
+    layers = [r["layer"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(layers, [r["norm"] for r in rows], marker="o")
+    left.set(title=f"{report['trait']}: vector norm per layer", xlabel="layer", ylabel="||mean(pos) - mean(neg)||")
+    right.plot(layers, [r["train_auroc"] for r in rows], marker="o", label="extraction samples")
+    if "heldout_auroc" in rows[0]:
+        right.plot(layers, [r["heldout_auroc"] for r in rows], marker="s", label="held-out exemplars")
+    right.axvline(report["default_layer"], color="grey", linestyle="--", label=f"default layer {report['default_layer']}")
+    right.set(title="separation of projections (AUROC)", xlabel="layer", ylabel="AUROC", ylim=(0.0, 1.05))
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,192 @@
+"""Choosing a vector's layer by steering (the paper's criterion) with a cheap heuristic beside it.
+
+For every layer x coefficient, the model answers the trait's evaluation questions while steered
+(``coef * v`` added at that layer) and a judge scores trait and coherence. The chosen layer is the
+one whose steering raises the trait score most over the unsteered answers while the mean
+coherence stays >= a threshold. Beside it, the heuristic needs no generation: the held-out AUROC
+of projections of the trait's held-out exemplars, per layer.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from persona_guard.errors import PersonaGuardError
+from persona_guard.extraction import heldout_separation
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.judges import Judge
+from persona_guard.steering import Steering
+from persona_guard.traits import Trait
+from persona_guard.vectors import PersonaVector
+
+
+@dataclass(frozen=True)
+class LayerSelectionConfig:
+    layers: tuple[int, ...]
+    coefs: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
+    questions: int | None = 5  # first K eval questions (None: all 20)
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # greedy: every cell answers the same way but for the steering
+    batch_size: int = 8
+    seed: int = 0
+    coherence_threshold: float = 50.0
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise PersonaGuardError("no layers to try")
+        if not any(c != 0 for c in self.coefs):
+            raise PersonaGuardError("coefs must include a non-zero steering coefficient")
+
+
+@dataclass(frozen=True)
+class Cell:
+    layer: int
+    coef: float
+    trait: float | None  # mean judge trait score over the questions
+    coherence: float | None
+    effect: float | None  # trait - unsteered trait
+    heldout_auroc: float | None
+    scored: int  # answers with a trait score
+
+
+@dataclass
+class LayerSelection:
+    cells: list[Cell]
+    baseline_trait: float | None
+    chosen_layer: int
+    rule: str
+    heuristic_layer: int | None
+    table_csv: Path
+    table_md: Path
+    heatmap: Path
+    chosen_cell: Cell | None = None  # the steered cell behind the choice (None: held-out fallback)
+
+
+def _mean(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
+                 config: LayerSelectionConfig, *, progress: bool = True) -> LayerSelection:
+    """Steer at each layer x coef, judge, choose; write CSV + Markdown tables and a heat map."""
+    vector.check_model(model)
+    for layer in config.layers:
+        if not 1 <= layer <= vector.num_layers:
+            raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 1..{vector.num_layers}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    questions = list(trait.eval_questions[:config.questions])
+    prompts = [[{"role": "user", "content": q}] for q in questions]
+    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                  batch_size=config.batch_size, seed=config.seed)
+
+    def measure(answers: list[str]) -> tuple[float | None, float | None, int]:
+        scores = judge.score(trait, list(zip(questions, answers)))
+        return _mean([s.trait for s in scores]), _mean([s.coherence for s in scores]), \
+            sum(s.trait is not None for s in scores)
+
+    baseline = measure(generate_responses(model, tokenizer, prompts, generation, progress=False))
+    heuristic = {}
+    if trait.heldout_exemplars():
+        heuristic = heldout_separation(vector, model, tokenizer, trait, config.layers,
+                                       batch_size=config.batch_size, layers_path=config.layers_path,
+                                       progress=False)
+    cells = []
+    steered_cells = [(l, c) for l in config.layers for c in config.coefs if c != 0]
+    with tqdm(total=len(steered_cells), desc=f"steering {trait.name}", disable=not progress, unit="cell") as bar:
+        for layer in config.layers:
+            auroc = heuristic.get(layer, {}).get("auroc")
+            for coef in config.coefs:
+                if coef == 0:
+                    trait_score, coherence, scored = baseline
+                else:
+                    with Steering(model, vector, layers=layer, coef=coef, layers_path=config.layers_path):
+                        answers = generate_responses(model, tokenizer, prompts, generation, progress=False)
+                    trait_score, coherence, scored = measure(answers)
+                    bar.update(1)
+                effect = None if trait_score is None or baseline[0] is None else trait_score - baseline[0]
+                cells.append(Cell(layer, float(coef), trait_score, coherence, effect, auroc, scored))
+    acceptable = [c for c in cells if c.coef != 0 and c.effect is not None and c.coherence is not None
+                  and c.coherence >= config.coherence_threshold]
+    heuristic_layer = max(heuristic, key=lambda l: heuristic[l]["auroc"]) if heuristic else None
+    best = max(acceptable, key=lambda c: c.effect) if acceptable else None
+    if best is not None:
+        chosen, rule = best.layer, (f"largest trait increase ({best.effect:+.1f} at coef {best.coef:g}) "
+                                    f"with coherence >= {config.coherence_threshold:g}")
+    elif heuristic_layer is not None:
+        chosen, rule = heuristic_layer, (f"no steered cell kept coherence >= {config.coherence_threshold:g}; "
+                                         "fell back to the best held-out AUROC")
+    else:
+        raise PersonaGuardError(f"no steered cell kept coherence >= {config.coherence_threshold:g} and the trait "
+                                "has no held-out exemplars; try smaller --coefs")
+    stem = out_dir / f"{vector.trait}_layer_selection"
+    table_csv, table_md = write_tables(cells, stem)
+    heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
+    return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
+
+
+def store_choice(vector: PersonaVector, selection: LayerSelection, path: str | Path) -> Path:
+    """Save the vector back with the chosen default layer and the evidence in its metadata."""
+    vector.default_layer = selection.chosen_layer
+    vector.metadata = {**vector.metadata, "layer_selection": {
+        "chosen_layer": selection.chosen_layer, "rule": selection.rule,
+        "heuristic_layer": selection.heuristic_layer, "baseline_trait": selection.baseline_trait,
+        "cells": [asdict(c) for c in selection.cells]}}
+    return vector.save(path)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}" if abs(value) <= 1 and value != 0 else f"{value:.1f}"
+
+
+def write_tables(cells: Sequence[Cell], stem: Path) -> tuple[Path, Path]:
+    columns = ["layer", "coef", "trait", "coherence", "effect", "heldout_auroc", "scored"]
+    table_csv = stem.with_suffix(".csv")
+    with table_csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for cell in cells:
+            writer.writerow(asdict(cell))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for cell in cells:
+        row = asdict(cell)
+        lines.append("| " + " | ".join(str(row[c]) if c in ("layer", "scored") else
+                                       f"{row[c]:g}" if c == "coef" else _fmt(row[c]) for c in columns) + " |")
+    table_md = stem.with_suffix(".md")
+    table_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return table_csv, table_md
+
+
+def plot_heatmap(cells: Sequence[Cell], config: LayerSelectionConfig, path: Path, trait: str, chosen: int) -> Path:
+    """Mean trait score per layer x coef (colour), annotated ``trait / coherence``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers, coefs = list(config.layers), list(config.coefs)
+    grid = np.full((len(layers), len(coefs)), np.nan)
+    figure, axis = plt.subplots(figsize=(1.6 * len(coefs) + 2, 0.6 * len(layers) + 1.8))
+    for cell in cells:
+        i, j = layers.index(cell.layer), coefs.index(cell.coef)
+        grid[i, j] = np.nan if cell.trait is None else cell.trait
+        label = f"{_fmt(cell.trait) or '-'} / {_fmt(cell.coherence) or '-'}"
+        axis.text(j, i, label, ha="center", va="center", fontsize=8)
+    image = axis.imshow(grid, cmap="magma_r", vmin=0, vmax=100, aspect="auto")
+    axis.set_xticks(range(len(coefs)), [f"{c:g}" for c in coefs])
+    axis.set_yticks(range(len(layers)), [f"{l}{' *' if l == chosen else ''}" for l in layers])
+    axis.set(xlabel="steering coefficient", ylabel="layer (* chosen)",
+             title=f"{trait}: judge trait score / coherence when steered")
+    figure.colorbar(image, ax=axis, label="trait score")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

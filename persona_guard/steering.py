@@ -1,0 +1,158 @@
+"""Adding or ablating persona directions in the residual stream, as a context manager.
+
+Steering at layer ``l`` edits the output of decoder block ``l - 1`` (``hidden_states[l]``, see
+:mod:`persona_guard.models`). Hooks are pure functions of their input: they never write in place,
+keep no per-call state (so they behave the same when gradient checkpointing re-runs a block),
+and accept blocks that return a tensor or a tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from persona_guard.errors import PersonaGuardError
+from persona_guard.models import decoder_layers
+from persona_guard.vectors import PersonaVector
+
+Operator = Literal["add", "ablate"]
+Positions = Literal["all", "prompt", "response"]
+OPERATORS = ("add", "ablate")
+POSITIONS = ("all", "prompt", "response")
+
+DirectionsLike = PersonaVector | torch.Tensor | Mapping[int, torch.Tensor]
+
+
+def per_layer_directions(directions: DirectionsLike, layers: int | Sequence[int] | None) -> dict[int, torch.Tensor]:
+    """Normalise the accepted inputs to ``{layer: direction [d]}``.
+
+    A :class:`PersonaVector` or a ``[layers, d]`` tensor is indexed by layer (default: the vector's
+    default layer); a ``[d]`` tensor is used at every given layer; a mapping is taken as is.
+    """
+    if isinstance(layers, int):
+        layers = [layers]
+    if isinstance(directions, Mapping):
+        chosen = dict(directions) if layers is None else {l: directions[l] for l in layers}
+    elif isinstance(directions, PersonaVector):
+        layers = [directions.resolve_layer(None)] if layers is None else layers
+        chosen = {l: directions.direction(l) for l in layers}
+    elif isinstance(directions, torch.Tensor) and directions.ndim == 1:
+        if layers is None:
+            raise PersonaGuardError("a single direction needs explicit layers")
+        chosen = {l: directions for l in layers}
+    elif isinstance(directions, torch.Tensor) and directions.ndim == 2:
+        if layers is None:
+            raise PersonaGuardError("a [layers, d] tensor needs explicit layers")
+        chosen = {l: directions[l] for l in layers}
+    else:
+        raise PersonaGuardError(f"cannot steer with {type(directions).__name__}")
+    if not chosen:
+        raise PersonaGuardError("no layers to steer")
+    return {int(l): v.detach().float() for l, v in chosen.items()}
+
+
+def steering_delta(hidden: torch.Tensor, direction: torch.Tensor, coef: float, operator: str) -> torch.Tensor:
+    """What the hook adds to ``hidden [..., d]``: ``coef * v`` for ``add``; minus the component along
+    ``v`` for ``ablate`` (``coef`` is ignored there: the component is removed entirely)."""
+    direction = direction.to(device=hidden.device, dtype=hidden.dtype)
+    if operator == "add":
+        return (coef * direction).expand_as(hidden)
+    unit = direction / direction.norm().clamp(min=1e-12)
+    return -(hidden @ unit).unsqueeze(-1) * unit
+
+
+class Steering:
+    """Steer ``model`` while attached: ``with Steering(model, vector, layers=12, coef=-4): ...``.
+
+    ``positions`` restricts the edit: ``prompt`` or ``response`` tokens. During ``generate`` the
+    prompt is the first (multi-token) forward pass and the response is every later single-token
+    step. For a teacher-forced forward over prompt + response, call :meth:`set_response_mask`
+    with a ``[batch, seq]`` bool mask first.
+
+    ``only_in_training`` makes the hooks act only while the hooked block is in training mode,
+    which is what preventative steering needs: evaluation and generation see the plain model.
+    """
+
+    def __init__(self, model: nn.Module, directions: DirectionsLike, *,
+                 layers: int | Sequence[int] | None = None, coef: float = 1.0,
+                 operator: Operator = "add", positions: Positions = "all",
+                 only_in_training: bool = False, layers_path: str | None = None) -> None:
+        if operator not in OPERATORS:
+            raise PersonaGuardError(f"unknown operator {operator!r}; choose from {', '.join(OPERATORS)}")
+        if positions not in POSITIONS:
+            raise PersonaGuardError(f"unknown positions {positions!r}; choose from {', '.join(POSITIONS)}")
+        self.model = model
+        self.directions = per_layer_directions(directions, layers)
+        self.coef = float(coef)
+        self.operator = operator
+        self.positions = positions
+        self.only_in_training = only_in_training
+        self.layers_path = layers_path
+        self.response_mask: torch.Tensor | None = None
+        self._handles: list = []
+        blocks = decoder_layers(model, layers_path)
+        hidden_size = next(iter(self.directions.values())).shape[-1]
+        for layer, direction in self.directions.items():
+            if not 1 <= layer <= len(blocks):
+                raise PersonaGuardError(
+                    f"cannot steer layer {layer}: steerable layers are 1..{len(blocks)} "
+                    "(layer 0 is the embedding output)")
+            if direction.shape != (hidden_size,):
+                raise PersonaGuardError(f"direction for layer {layer} has shape {tuple(direction.shape)}")
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def set_response_mask(self, mask: torch.Tensor | None) -> None:
+        """Mark response positions for teacher-forced forwards (``positions='prompt'|'response'``)."""
+        self.response_mask = None if mask is None else mask.bool()
+
+    def _position_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        if self.positions == "all":
+            return None
+        if self.response_mask is not None and self.response_mask.shape == hidden.shape[:2]:
+            response = self.response_mask.to(hidden.device)
+        else:
+            # generate(): a multi-token call is the prompt (prefill), a one-token call is a new token
+            is_response = hidden.shape[1] == 1
+            response = torch.full(hidden.shape[:2], is_response, device=hidden.device)
+        keep = response if self.positions == "response" else ~response
+        return keep.unsqueeze(-1).to(hidden.dtype)
+
+    def _make_hook(self, direction: torch.Tensor):
+        def hook(module: nn.Module, args, output):
+            if self.only_in_training and not module.training:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            delta = steering_delta(hidden, direction, self.coef, self.operator)
+            mask = self._position_mask(hidden)
+            steered = hidden + (delta if mask is None else delta * mask)
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return hook
+
+    def attach(self) -> Steering:
+        if self._handles:
+            raise PersonaGuardError("steering is already attached")
+        blocks = decoder_layers(self.model, self.layers_path)
+        for layer, direction in self.directions.items():
+            self._handles.append(blocks[layer - 1].register_forward_hook(self._make_hook(direction)))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> Steering:
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()

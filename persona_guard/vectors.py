@@ -1,0 +1,221 @@
+"""The persona vector value object, its file formats and projection helpers.
+
+A :class:`PersonaVector` holds one direction per residual-stream layer, ``directions[l]`` for
+``l = 0 .. n_layers`` (``hidden_states[l]``, see :mod:`persona_guard.models`). Files are a single
+``.safetensors`` with the metadata as JSON in its header: no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from persona_guard.errors import PersonaGuardError
+
+FORMAT_VERSION = 1
+_METADATA_KEY = "persona_guard"
+
+
+@dataclass
+class PersonaVector:
+    """Per-layer trait directions (mean trait activation minus mean opposite activation)."""
+
+    trait: str
+    model_id: str
+    directions: torch.Tensor  # [n_layers + 1, hidden_size], float32
+    default_layer: int | None = None
+    method: str = "response_mean"
+    n_pos: int = 0
+    n_neg: int = 0
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.directions.ndim != 2:
+            raise PersonaGuardError(
+                f"persona vector {self.trait!r}: directions must be [layers, hidden], got shape "
+                f"{tuple(self.directions.shape)}")
+        self.directions = self.directions.detach().to(dtype=torch.float32, device="cpu").contiguous()
+        if self.default_layer is not None:
+            self._check_layer(self.default_layer)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.directions.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder blocks of the model it was extracted from."""
+        return self.directions.shape[0] - 1
+
+    def _check_layer(self, layer: int) -> int:
+        if not 0 <= layer <= self.num_layers:
+            raise PersonaGuardError(
+                f"persona vector {self.trait!r}: layer {layer} out of range 0..{self.num_layers}")
+        return layer
+
+    def resolve_layer(self, layer: int | None = None) -> int:
+        if layer is None:
+            if self.default_layer is None:
+                raise PersonaGuardError(
+                    f"persona vector {self.trait!r} has no default layer; pass one (e.g. --layer)")
+            layer = self.default_layer
+        return self._check_layer(layer)
+
+    def direction(self, layer: int | None = None) -> torch.Tensor:
+        return self.directions[self.resolve_layer(layer)]
+
+    def unit(self, layer: int | None = None) -> torch.Tensor:
+        direction = self.direction(layer)
+        return direction / direction.norm().clamp(min=1e-12)
+
+    def project(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Scalar projection of ``hidden [..., d]`` on the unit direction (the paper's measure)."""
+        return hidden.float() @ self.unit(layer).to(hidden.device)
+
+    def check_compatible(self, hidden_size: int, num_layers: int, what: str = "the model") -> None:
+        if (hidden_size, num_layers) != (self.hidden_size, self.num_layers):
+            raise PersonaGuardError(
+                f"persona vector {self.trait!r} was built for hidden size {self.hidden_size} and "
+                f"{self.num_layers} layers, but {what} has hidden size {hidden_size} and "
+                f"{num_layers} layers")
+
+    def check_model(self, model) -> None:
+        from persona_guard.models import decoder_layers, unwrap_model
+
+        config = unwrap_model(model).config
+        self.check_compatible(config.hidden_size, len(decoder_layers(model)),
+                              f"model {getattr(config, 'name_or_path', '') or type(model).__name__}")
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def metadata_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "trait": self.trait,
+            "model_id": self.model_id,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "default_layer": self.default_layer,
+            "method": self.method,
+            "n_pos": self.n_pos,
+            "n_neg": self.n_neg,
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"directions": self.directions}, str(path),
+                  metadata={_METADATA_KEY: json.dumps(self.metadata_dict())})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PersonaVector:
+        """Load a persona-guard ``.safetensors`` vector, or import a paper-format ``.pt`` one."""
+        path = Path(path)
+        if not path.is_file():
+            raise PersonaGuardError(f"vector file not found: {path}")
+        if path.suffix == ".pt":
+            return cls.from_original_pt(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = (handle.metadata() or {}).get(_METADATA_KEY)
+                directions = handle.get_tensor("directions")
+        except Exception as error:  # safetensors raises several unrelated types
+            raise PersonaGuardError(f"{path}: not a persona-guard vector file ({error})") from None
+        if header is None:
+            raise PersonaGuardError(f"{path}: safetensors file has no '{_METADATA_KEY}' metadata")
+        meta = json.loads(header)
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise PersonaGuardError(f"{path}: format_version {meta['format_version']} is newer than "
+                                    f"this persona-guard understands ({FORMAT_VERSION})")
+        return cls(trait=meta["trait"], model_id=meta["model_id"], directions=directions,
+                   default_layer=meta.get("default_layer"), method=meta.get("method", "response_mean"),
+                   n_pos=meta.get("n_pos", 0), n_neg=meta.get("n_neg", 0),
+                   metadata=meta.get("metadata", {}))
+
+    @classmethod
+    def from_original_pt(cls, path: str | Path, trait: str | None = None, model_id: str = "unknown",
+                         default_layer: int | None = None) -> PersonaVector:
+        """Import a vector saved by the original persona-vectors code: a ``[layers, hidden]`` tensor
+        (one row per ``hidden_states`` entry). Loaded with ``weights_only=True``: no code runs."""
+        path = Path(path)
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise PersonaGuardError(f"{path}: cannot read as a tensor file ({error})".splitlines()[0]) from None
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise PersonaGuardError(f"{path}: expected a [layers, hidden] tensor, got {shape}")
+        name = trait or path.stem.split("_")[0]
+        return cls(trait=name, model_id=model_id, directions=tensor, default_layer=default_layer,
+                   method="imported", metadata={"source": str(path), "format": "persona_vectors.pt"})
+
+    def export_gguf(self, path: str | Path, layers: list[int] | None = None, coef: float = 1.0,
+                    model_hint: str = "llama") -> Path:
+        """Write a llama.cpp control vector (``--control-vector`` / ``--control-vector-scaled``).
+
+        llama.cpp adds ``direction.N`` to the output of block ``N`` (0-based, N >= 1), which is our
+        layer ``N + 1``; our layer 1 (block 0's output) cannot be expressed and is refused.
+        ``layers=None`` exports every layer from 2 to ``num_layers - 1`` (the last entry is
+        post-norm and has no block output twin).
+        """
+        import gguf
+        import numpy as np
+
+        layers = list(range(2, self.num_layers)) if layers is None else [self._check_layer(l) for l in layers]
+        if any(layer < 2 for layer in layers):
+            raise PersonaGuardError("llama.cpp control vectors cannot steer layers below 2 "
+                                    "(its direction.0 is invalid)")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = gguf.GGUFWriter(str(path), arch="controlvector")
+        writer.add_string("controlvector.model_hint", model_hint)
+        writer.add_uint32("controlvector.layer_count", len(layers))
+        for layer in layers:
+            writer.add_tensor(f"direction.{layer - 1}",
+                              (coef * self.directions[layer]).numpy().astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
+
+
+def load_gguf_control_vector(path: str | Path) -> dict[int, torch.Tensor]:
+    """Read a llama.cpp control vector back as ``{our layer index: direction}``."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for tensor in reader.tensors:
+        prefix, _, index = tensor.name.partition(".")
+        if prefix == "direction":
+            out[int(index) + 1] = torch.tensor(tensor.data.copy(), dtype=torch.float32)
+    return out
+
+
+def mean_difference(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """``mean(pos) - mean(neg)`` over samples: ``[n, layers, d] x [m, layers, d] -> [layers, d]``."""
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise PersonaGuardError(f"need samples on both sides, got {pos.shape[0]} pos and {neg.shape[0]} neg")
+    return pos.float().mean(0) - neg.float().mean(0)
+
+
+def vectors_by_trait(vectors, model, user: str) -> dict[str, PersonaVector]:
+    """Index vectors by trait, checking each fits ``model``; ``user`` names the caller in errors."""
+    if not vectors:
+        raise PersonaGuardError(f"{user} needs at least one persona vector")
+    names = [v.trait for v in vectors]
+    if len(set(names)) != len(names):
+        raise PersonaGuardError(f"{user}: two vectors share a trait name: {names}")
+    for vector in vectors:
+        vector.check_model(model)
+    return {v.trait: v for v in vectors}
