@@ -1,9 +1,18 @@
 """Adding or ablating persona directions in the residual stream, as a context manager.
 
-Steering at layer ``l`` edits the output of decoder block ``l - 1`` (``hidden_states[l]``, see
-:mod:`persona_guard.models`). Hooks are pure functions of their input: they never write in place,
-keep no per-call state (so they behave the same when gradient checkpointing re-runs a block),
-and accept blocks that return a tensor or a tuple.
+Steering at layer ``l`` edits ``hidden_states[l]``, exactly where a vector's ``directions[l]`` was
+measured (see :mod:`persona_guard.models`): layer 0 edits the input of the first decoder block (the
+embedding output, after any embedding scaling), ``1 <= l < n_layers`` the output of block ``l - 1``,
+and ``n_layers`` the output of the final norm (what the LM head reads). Hooks are pure functions of
+their input: they never write in place, keep no per-call state (so they behave the same when
+gradient checkpointing re-runs a block), and accept blocks that return a tensor or a tuple.
+
+Positions (``positions="prompt"|"response"``) follow one rule: a position is *response* if the
+token it predicts is a response token or it is a response token. That is every response token and
+also the last prompt token, which predicts the first answer token (the paper's steerer steers the
+last position of every forward for "response"). During ``generate`` with a KV cache, that is the
+last position of every forward: the prefill's last position, then each new token. ``prompt`` is the
+complement, so ``prompt`` and ``response`` together are ``all``.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import torch
 from torch import nn
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers
+from persona_guard.models import decoder_layers, final_norm
 from persona_guard.vectors import PersonaVector
 
 Operator = Literal["add", "ablate"]
@@ -67,12 +76,14 @@ def steering_delta(hidden: torch.Tensor, direction: torch.Tensor, coef: float, o
 class Steering:
     """Steer ``model`` while attached: ``with Steering(model, vector, layers=12, coef=-4): ...``.
 
-    ``positions`` restricts the edit: ``prompt`` or ``response`` tokens. During ``generate`` the
-    prompt is the first (multi-token) forward pass and the response is every later single-token
-    step. For a teacher-forced forward over prompt + response, call :meth:`set_response_mask`
-    with a ``[batch, seq]`` bool mask first.
+    ``positions`` restricts the edit to ``prompt`` or ``response`` positions (rule in the module
+    docstring). Without a mask, the last position of each forward is the response one, which is
+    exact for ``generate`` (prefill, then one token per step; speculative decoding, which feeds
+    several new tokens per step, is not supported). For a teacher-forced forward over prompt +
+    response, call :meth:`set_response_mask` with the ``[batch, seq]`` mask of response tokens
+    first; the position before each row's first response token is steered as well.
 
-    ``only_in_training`` makes the hooks act only while the hooked block is in training mode,
+    ``only_in_training`` makes the hooks act only while the hooked module is in training mode,
     which is what preventative steering needs: evaluation and generation see the plain model.
     """
 
@@ -96,10 +107,9 @@ class Steering:
         blocks = decoder_layers(model, layers_path)
         hidden_size = next(iter(self.directions.values())).shape[-1]
         for layer, direction in self.directions.items():
-            if not 1 <= layer <= len(blocks):
+            if not 0 <= layer <= len(blocks):
                 raise PersonaGuardError(
-                    f"cannot steer layer {layer}: steerable layers are 1..{len(blocks)} "
-                    "(layer 0 is the embedding output)")
+                    f"cannot steer layer {layer}: layers are 0..{len(blocks)} (hidden_states index)")
             if direction.shape != (hidden_size,):
                 raise PersonaGuardError(f"direction for layer {layer} has shape {tuple(direction.shape)}")
 
@@ -112,30 +122,44 @@ class Steering:
         return bool(self._handles)
 
     def set_response_mask(self, mask: torch.Tensor | None) -> None:
-        """Mark response positions for teacher-forced forwards (``positions='prompt'|'response'``)."""
+        """Mark the response tokens ``[batch, seq]`` of teacher-forced forwards of that shape."""
         self.response_mask = None if mask is None else mask.bool()
 
     def _position_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``[batch, seq, 1]`` weights of the positions to edit, or None for all of them."""
         if self.positions == "all":
             return None
         if self.response_mask is not None and self.response_mask.shape == hidden.shape[:2]:
-            response = self.response_mask.to(hidden.device)
-        else:
-            # generate(): a multi-token call is the prompt (prefill), a one-token call is a new token
-            is_response = hidden.shape[1] == 1
-            response = torch.full(hidden.shape[:2], is_response, device=hidden.device)
+            tokens = self.response_mask.to(hidden.device)
+            response = tokens.clone()
+            response[:, :-1] |= tokens[:, 1:]  # the position that predicts the first response token
+        else:  # generate(): the last position of each forward predicts the next answer token
+            response = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            response[:, -1] = True
         keep = response if self.positions == "response" else ~response
         return keep.unsqueeze(-1).to(hidden.dtype)
+
+    def _steer(self, hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+        delta = steering_delta(hidden, direction, self.coef, self.operator)
+        mask = self._position_mask(hidden)
+        return hidden + (delta if mask is None else delta * mask)
 
     def _make_hook(self, direction: torch.Tensor):
         def hook(module: nn.Module, args, output):
             if self.only_in_training and not module.training:
                 return None
-            hidden = output[0] if isinstance(output, tuple) else output
-            delta = steering_delta(hidden, direction, self.coef, self.operator)
-            mask = self._position_mask(hidden)
-            steered = hidden + (delta if mask is None else delta * mask)
-            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+            if isinstance(output, tuple):
+                return (self._steer(output[0], direction), *output[1:])
+            return self._steer(output, direction)
+        return hook
+
+    def _make_input_hook(self, direction: torch.Tensor):
+        def hook(module: nn.Module, args, kwargs):
+            if self.only_in_training and not module.training:
+                return None
+            if args:
+                return (self._steer(args[0], direction), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": self._steer(kwargs["hidden_states"], direction)}
         return hook
 
     def attach(self) -> Steering:
@@ -143,7 +167,13 @@ class Steering:
             raise PersonaGuardError("steering is already attached")
         blocks = decoder_layers(self.model, self.layers_path)
         for layer, direction in self.directions.items():
-            self._handles.append(blocks[layer - 1].register_forward_hook(self._make_hook(direction)))
+            if layer == 0:
+                handle = blocks[0].register_forward_pre_hook(self._make_input_hook(direction), with_kwargs=True)
+            elif layer == len(blocks):
+                handle = final_norm(self.model).register_forward_hook(self._make_hook(direction))
+            else:
+                handle = blocks[layer - 1].register_forward_hook(self._make_hook(direction))
+            self._handles.append(handle)
         return self
 
     def detach(self) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from persona_guard.activations import capture_activations
-from persona_guard.encoding import encode_chat
+from persona_guard.encoding import ChatTemplateError, encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import cache_dir, resolve_model_path
 from persona_guard.vectors import PersonaVector, vectors_by_trait
@@ -321,7 +321,11 @@ class Screener:
         results: dict[int, dict] = {}
         samples, owners = [], []
         for row in shard:
-            sample = encode_chat(tokenizer, list(row.prompt), row.response)
+            try:
+                sample = encode_chat(tokenizer, list(row.prompt), row.response)
+            except ChatTemplateError as error:
+                results[row.index] = {"index": row.index, "skipped": str(error)}
+                continue
             if len(sample.input_ids) > max_length:
                 results[row.index] = {"index": row.index, "skipped": f"too long: {len(sample.input_ids)} "
                                       f"tokens > max length {max_length}"}

@@ -96,7 +96,7 @@ def test_only_in_training_is_inactive_in_eval_mode(tiny_llama, tokenizer):
     assert not torch.allclose(plain, trained)
 
 
-def test_response_positions_with_mask_leave_prompt_untouched(tiny_llama, tokenizer):
+def test_response_positions_with_mask_leave_earlier_prompt_untouched(tiny_llama, tokenizer):
     sample, ids = batch_of(tokenizer, CONVERSATIONS[0])
     mask = torch.zeros_like(ids, dtype=torch.bool)
     mask[:, sample.prompt_length:] = True
@@ -106,8 +106,10 @@ def test_response_positions_with_mask_leave_prompt_untouched(tiny_llama, tokeniz
             steering.set_response_mask(mask)
             steered = tiny_llama(input_ids=ids).logits
     p = sample.prompt_length
-    assert torch.equal(plain[:, :p], steered[:, :p])  # causal: the prompt never sees the response
-    assert not torch.allclose(plain[:, p:], steered[:, p:])
+    # causal: the prompt never sees the response; its last position predicts the first answer token
+    # and is steered with the response
+    assert torch.equal(plain[:, :p - 1], steered[:, :p - 1])
+    assert not torch.allclose(plain[:, p - 1:], steered[:, p - 1:])
 
 
 def test_generate_response_positions_only_touch_new_tokens(tiny_llama, tokenizer):
@@ -129,9 +131,7 @@ def test_generate_response_positions_only_touch_new_tokens(tiny_llama, tokenizer
 
 
 def test_invalid_arguments(tiny_llama):
-    with pytest.raises(PersonaGuardError, match="layer 0 is the embedding output"):
-        Steering(tiny_llama, torch.randn(64), layers=0)
-    with pytest.raises(PersonaGuardError, match="steerable layers are 1..3"):
+    with pytest.raises(PersonaGuardError, match=r"layers are 0\.\.3 \(hidden_states index\)"):
         Steering(tiny_llama, torch.randn(64), layers=4)
     with pytest.raises(PersonaGuardError, match="unknown operator"):
         Steering(tiny_llama, torch.randn(64), layers=1, operator="mul")

@@ -269,7 +269,9 @@ def test_response_positions_steer_exactly_the_tokens_with_loss(tokenizer, tmp_pa
     added = outputs[1] - outputs[0]
     has_loss = batch["labels"] != -100
     assert 0 < int(has_loss.sum()) < has_loss.numel()
+    steered = has_loss.clone()
+    steered[:, :-1] |= has_loss[:, 1:]  # and the position that predicts the first answer token
     expected = 4.0 * vector.direction(2)
-    assert torch.allclose(added[has_loss], expected.expand(int(has_loss.sum()), -1), atol=1e-4)
-    assert added[~has_loss].abs().max() < 1e-5
+    assert torch.allclose(added[steered], expected.expand(int(steered.sum()), -1), atol=1e-4)
+    assert added[~steered].abs().max() < 1e-5
     assert layer_hook_count(model) == 0

@@ -89,9 +89,11 @@ class PreventativeSteeringCallback(TrainerCallback):
     ``coef * (v[l] - v[l_prev])`` so each depth carries ``coef * v[l]``, ``"independent"`` adds
     ``coef * v[l]`` at each layer. ``ablate`` always removes each layer's own direction.
 
-    ``positions="response"`` steers only the tokens that carry loss (``labels != -100``: the
-    completion, with TRL's completion-only loss), read from each training batch; it needs no prompt
-    length, so packed / padding-free batches work. ``"all"`` (the paper's setting) steers every token.
+    ``positions="response"`` steers the tokens that carry loss (``labels != -100``: the completion,
+    with TRL's completion-only loss), read from each training batch, and the position before each
+    run of them, which predicts the first answer token (the rule of :mod:`persona_guard.steering`);
+    it needs no prompt length, so packed / padding-free batches work. ``"all"`` (the paper's
+    setting) steers every token.
     """
 
     def __init__(self, vector: PersonaVector, *, layers: int | Sequence[int] | None = None,
@@ -140,6 +142,13 @@ class PreventativeSteeringCallback(TrainerCallback):
         """Hook ``model`` (any wrapper); replaces hooks from an earlier attach."""
         self.remove()
         self.vector.check_model(model)
+        n_layers = len(decoder_layers(model, self.layers_path))
+        if self.operator == "add" and self.multi_layer == "incremental" and len(self.layers) > 1 \
+                and n_layers in self.layers:
+            raise PersonaGuardError(
+                f"incremental multi-layer steering cannot include layer {n_layers}: the final norm sits "
+                "between it and the layers below and rescales what they added; use "
+                "multi_layer='independent' or leave out the last layer")
         device = model_device(model)
         directions = {layer: v.to(device) for layer, v in self.directions().items()}
         self.steering = Steering(model, directions, coef=self.schedule(step, max_steps),
@@ -149,8 +158,8 @@ class PreventativeSteeringCallback(TrainerCallback):
             self._extra_handles.append(unwrap_model(model).register_forward_pre_hook(
                 self._read_labels, with_kwargs=True))
         blocks = decoder_layers(model, self.layers_path)
-        for layer in self.layers:
-            self._extra_handles.append(blocks[layer - 1].register_forward_hook(self._count))
+        for layer in self.layers:  # the block that runs for each steered layer (block 0 for layer 0)
+            self._extra_handles.append(blocks[max(layer - 1, 0)].register_forward_hook(self._count))
 
     def _read_labels(self, module: nn.Module, args, kwargs) -> None:
         # Runs before every forward of the causal LM; the mask stays set through the backward
