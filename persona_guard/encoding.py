@@ -1,6 +1,6 @@
 """Turning conversations and raw text into token ids with a known, verified prompt/response boundary.
 
-One rule for every chat template (see README "Chat templates and the prompt/response boundary"):
+One rule for every chat template (README, "Layer convention", "Prompt/response boundary"):
 
 1. The prompt is rendered with the tokenizer's chat template and the generation prompt: the text the
    model reads when it writes the answer.

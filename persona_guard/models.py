@@ -2,11 +2,11 @@
 
 Layer index convention (used everywhere in persona-guard): layer ``l`` names the residual stream
 ``hidden_states[l]`` as returned by ``output_hidden_states=True``. ``hidden_states[0]`` is the
-embedding output, ``hidden_states[l]`` for ``1 <= l < n_layers`` is the output of decoder block
-``l - 1``, and ``hidden_states[n_layers]`` is the last block's output *after* the final norm (that
-is what transformers returns, and what the original persona-vectors code stored). Steering at
-layer ``l`` adds to the output of decoder block ``l - 1``, so a vector's ``directions[l]`` is added
-exactly where it was measured.
+embedding output (the input of decoder block 0), ``hidden_states[l]`` for ``1 <= l < n_layers`` is
+the output of decoder block ``l - 1``, and ``hidden_states[n_layers]`` is the output of the final
+norm (that is what transformers returns, and what the original persona-vectors code stored).
+Capture and steering both use these places (:func:`decoder_layers`, :func:`final_norm`), so a
+vector's ``directions[l]`` is added exactly where it was measured, for every ``l``.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def test_gradient_checkpointing_gives_same_update_as_plain(tokenizer, tmp_path):
     updates = {}
     for checkpointing in (False, True):
         model = make_tiny_model("llama", len(tokenizer))
-        callback = PreventativeSteeringCallback(tiny_vector(model, scale=3.0), layers=[1, 3], coef=4.0)
+        callback = PreventativeSteeringCallback(tiny_vector(model, scale=3.0), layers=[1, 2], coef=4.0)
         trainer = sft_trainer(model, tokenizer, tmp_path / str(checkpointing), callbacks=[callback],
                               peft_config=lora_config(), optim="sgd", learning_rate=1.0,
                               activation_checkpointing=checkpointing)
