@@ -120,7 +120,7 @@ def capture_activations(
     layers: Sequence[int],
     reductions: Sequence[str] = ("response_mean",),
     *,
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
@@ -130,7 +130,9 @@ def capture_activations(
     """Reduced hidden states for every sample: ``{reduction: float32 tensor [n_samples, len(layers), d]}``.
 
     Samples are batched in order of length (so padding stays small) and results are returned in
-    input order. One forward pass serves all reductions and layers.
+    input order. One forward pass serves all reductions and layers. ``pad_token_id`` fills padding
+    (``None``: id 0); padded positions are masked out and never read, and positions count real tokens
+    only, so left or right padding and a batch of one give the same numbers.
     """
     layers = list(layers)
     if not layers:
@@ -164,7 +166,7 @@ def capture_activations(
             for begin in range(0, len(order), batch_size):
                 indices = order[begin:begin + batch_size]
                 batch = [samples[i] for i in indices]
-                input_ids, attention_mask, offsets = pad_batch(batch, pad_token_id, padding_side, device)
+                input_ids, attention_mask, offsets = pad_batch(batch, pad_token_id or 0, padding_side, device)
                 batch_state["indices"] = torch.tensor(indices)
                 batch_state["weights"] = {r: reduction_weights(batch, offsets, input_ids.shape[1], r)
                                           for r in reductions}

@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from jinja2 import TemplateError
+
 from persona_guard.errors import PersonaGuardError
 
 Message = Mapping[str, object]
@@ -110,7 +112,7 @@ def _apply(tokenizer, template: str, messages: Sequence[Mapping], add_generation
     try:
         return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
-    except Exception as error:  # jinja2 TemplateError (raise_exception), TypeError on odd content ...
+    except (TemplateError, TypeError, ValueError, KeyError) as error:  # raise_exception(), None content ...
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ChatTemplateError(f"the chat template of {_template_name(tokenizer)} rejects the "
                                 f"conversation: {reason}") from None
@@ -162,7 +164,7 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-def response_text(tokenizer, prompt_messages: Sequence[Message], response: str) -> tuple[str, str]:
+def render_sample(tokenizer, prompt_messages: Sequence[Message], response: str) -> tuple[str, str]:
     """``(prompt_text, response_text)`` of a chat sample under the module's boundary rule.
 
     ``prompt_text + response_text`` is the text the model reads and writes; ``response_text`` is what
@@ -210,12 +212,15 @@ def encode_text(tokenizer, prompt: str, response: str | None = None) -> EncodedS
 def encode_chat(tokenizer, prompt_messages: Sequence[Message], response: str | None = None) -> EncodedSample:
     """Encode a chat prompt followed by an optional response, with the boundary rule of this module.
 
-    An empty response encodes to zero response tokens. Raises
-    :class:`ChatTemplateError` (a :class:`PersonaGuardError`) when the boundary cannot be verified.
+    An empty response encodes to zero response tokens; a whitespace-only one is tokenized as typed
+    (templates trim it to nothing). Raises :class:`ChatTemplateError` (a :class:`PersonaGuardError`)
+    when the boundary cannot be verified.
     """
     if not response:
         return encode_text(tokenizer, render_prompt(tokenizer, prompt_messages))
-    return encode_text(tokenizer, *response_text(tokenizer, prompt_messages, response))
+    if not response.strip():
+        return encode_text(tokenizer, render_prompt(tokenizer, prompt_messages), response)
+    return encode_text(tokenizer, *render_sample(tokenizer, prompt_messages, response))
 
 
 def encode_conversation(tokenizer, messages: Sequence[Message]) -> EncodedSample:

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from persona_guard import encoding
-from persona_guard.encoding import (FALLBACK_CHAT_TEMPLATE, ChatTemplateError, chat_messages, encode_chat,
-                                    encode_conversation, render_prompt, split_conversation)
+from persona_guard.encoding import (
+    FALLBACK_CHAT_TEMPLATE,
+    ChatTemplateError,
+    chat_messages,
+    encode_chat,
+    encode_conversation,
+    render_prompt,
+    split_conversation,
+)
 from tests.conftest import make_tiny_model
 from tests.test_screening_cli import subprocess_env
 
@@ -186,7 +193,7 @@ def gemma_workspace(tmp_path_factory, tokenizer):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "persona_guard.cli", *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_screen_cli_on_a_template_without_system_role(gemma_workspace, tmp_path):
