@@ -46,8 +46,8 @@ log = logging.getLogger("persona_guard")
 FALLBACK_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- message['role'] | capitalize + ': ' }}"
-    "{%- if message['content'] is not none %}{{- message['content'] }}"
-    "{%- else %}{{- message['tool_calls'] | tojson }}{%- endif %}"
+    "{%- if message['content'] %}{{- message['content'] }}"
+    "{%- elif message['tool_calls'] is defined %}{{- message['tool_calls'] | tojson }}{%- endif %}"
     "{%- if not loop.last or add_generation_prompt %}{{- '\\n\\n' }}{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- 'Assistant:' }}{%- endif %}"
@@ -134,9 +134,11 @@ def supports_system_role(tokenizer) -> bool:
 
 
 def chat_messages(tokenizer, messages: Sequence[Message]) -> list[dict]:
-    """The messages as the template can take them: where it has no system role, the system text
-    is folded into the first user turn (``system + "\\n\\n" + user``, Gemma-3's own convention)."""
-    messages = [dict(m) for m in messages]
+    """The messages as the template can take them: a null ``content`` (OpenAI-style assistant tool
+    calls) becomes ``""``, which every template can concatenate; where the template has no system
+    role, the system text is folded into the first user turn (``system + "\\n\\n" + user``,
+    Gemma-3's own convention)."""
+    messages = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in messages]
     if not any(m.get("role") == "system" for m in messages) or supports_system_role(tokenizer):
         return messages
     _log_once(f"fold:{_template_name(tokenizer)}",

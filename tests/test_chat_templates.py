@@ -223,3 +223,26 @@ def test_extract_cli_folds_trait_instructions_on_a_template_without_system_role(
                    (tmp_path / "vec" / "cache" / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 10  # 1 question x 5 instruction pairs x (pos, neg)
     assert list((tmp_path / "vec").glob("*.safetensors"))
+
+
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call00001", "type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+    {"role": "tool", "tool_call_id": "call00001", "name": "weather", "content": "4 C, rain"},
+    {"role": "assistant", "content": "It is 4 C and raining in Oslo."}]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_RESPONSES))
+def test_tool_calls_with_null_content_and_tool_turns(tokenizer, name):
+    tok = templated(tokenizer, name)
+    if name == "gemma-2-it.jinja":  # no tool role: a one-line per-row error
+        with pytest.raises(ChatTemplateError, match="Conversation roles must alternate"):
+            encode_conversation(tok, TOOL_CONVERSATION)
+        return
+    sample = encode_conversation(tok, TOOL_CONVERSATION)
+    prompt = tok.decode(sample.input_ids[:sample.prompt_length])
+    response = tok.decode(sample.input_ids[sample.prompt_length:])
+    assert response == EXPECTED_RESPONSES[name][0].replace("Oats with fruit.", "It is 4 C and raining in Oslo.")
+    if name != "phi-3.5-mini-instruct.jinja":  # Phi-3.5's template renders no tool turns
+        assert "4 C, rain" in prompt and "Oslo" in prompt.split("4 C, rain")[0].split("Weather in Oslo?")[1]
