@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.rows import report_dropped
 from persona_guard.vectors import PersonaVector
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
 from persona_guard.training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
+from persona_guard.training.token_budget import budget_problems
 
 
 @dataclass
@@ -82,7 +84,7 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     from accelerate import PartialState
 
     from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
-    from persona_guard.screening.data import RawRow
+    from persona_guard.rows import RawRow
     from persona_guard.screening.report import write_outputs
 
     settings = recipe.screening
@@ -158,8 +160,10 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
 
     steering = steering_callback(recipe)
     drift = drift_callback(recipe)
-    train_dataset = load_sft_dataset(recipe.data.train, recipe.data.split, recipe.data.max_rows, recipe.data.seed)
-    eval_dataset = load_sft_dataset(recipe.data.eval, recipe.data.split) if recipe.data.eval else None
+    train_dataset, dropped = load_sft_dataset(recipe.data.train, recipe.data.split, recipe.data.max_rows,
+                                              recipe.data.seed)
+    eval_dataset, eval_dropped = (load_sft_dataset(recipe.data.eval, recipe.data.split) if recipe.data.eval
+                                  else (None, []))
 
     # Loaded on the CPU: the Trainer / accelerate place (or shard) it on each process's device.
     loaded = load_model(recipe.model.name_or_path, device="cpu", dtype=recipe.model.dtype or _default_dtype())
@@ -168,6 +172,17 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         vector.check_model(loaded.model)
     if recipe.screening is not None:
         train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
+    cut, truncated = budget_problems(train_dataset, loaded.tokenizer, args, recipe.data.train, SOURCE_ROW)
+    eval_cut, eval_truncated = (budget_problems(eval_dataset, loaded.tokenizer, args, recipe.data.eval, SOURCE_ROW)
+                                if eval_dataset is not None else ([], []))
+    rows = len(train_dataset) + len(dropped) + (len(eval_dataset) + len(eval_dropped) if eval_dataset is not None
+                                                else 0)
+    report_dropped(Path(output_dir) / DROPPED_FILE,
+                   dropped + cut + truncated + eval_dropped + eval_cut + eval_truncated, command="train", total=rows)
+    train_left = len(train_dataset) - len(cut)
+    if train_left == 0:
+        raise PersonaGuardError(f"{recipe.path}: TRL would drop every training row (no loss token within "
+                                f"training.max_length={args.max_length}); see {Path(output_dir) / DROPPED_FILE}")
     train_dataset = train_dataset.remove_columns(SOURCE_ROW)
     eval_dataset = eval_dataset.remove_columns(SOURCE_ROW) if eval_dataset is not None else None
 
@@ -182,9 +197,15 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=loaded.tokenizer, peft_config=peft_config,
                          callbacks=[steering] if steering else None)
+    if len(trainer.train_dataset) != train_left:
+        print(f"persona-guard train: warning: TRL kept {len(trainer.train_dataset)} training rows, "
+              f"{train_left} were expected (see {Path(output_dir) / DROPPED_FILE})", flush=True)
     if drift is not None:
         drift.bind(trainer)
     return TrainingRun(trainer=trainer, recipe=recipe, steering=steering, drift=drift)
+
+
+DROPPED_FILE = "dropped_rows.jsonl"
 
 
 def write_rank_report(run: TrainingRun) -> Path | None:
