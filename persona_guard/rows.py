@@ -170,6 +170,7 @@ def _content(value, field: str, role: str, has_tool_calls: bool) -> str | None:
 def parse_messages(value, field: str) -> list[dict]:
     """A validated message list: ``[{"role", "content": str | None, ...MESSAGE_KEYS}]``."""
     value = _decode_json_text(value, field)
+    check_text(value, field)
     if not isinstance(value, list) or not value:
         raise RowError(field, "must be a non-empty list of messages")
     messages = []
