@@ -129,9 +129,10 @@ class ScreenResult:
         for trait in self.traits:
             columns.update(self.columns(trait))
         flagged = self.flagged
+        sided = any(row.side for row in self.rows)  # every record gets the column, as a table needs
         out = []
         for position, row in enumerate(self.rows):
-            record = dict(row.data) | ({"side": row.side} if row.side else {})
+            record = dict(row.data) | ({"side": row.side} if sided else {})
             for name, values in columns.items():
                 record[name] = _plain(values[position])
             record["flagged"] = bool(flagged[position])

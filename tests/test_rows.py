@@ -240,3 +240,24 @@ def test_reading_names_missing_files_and_unknown_formats(tmp_path):
     with pytest.raises(PersonaGuardError, match="unknown data format"):
         read_rows(tmp_path / "data.txt")
     assert Path(write_jsonl(tmp_path / "x.jsonl", [])).read_text() == ""
+
+
+def test_judge_and_monitor_write_one_line_per_side(tiny_setup, capsys):  # noqa: F811
+    """A preference row gives two judged / monitored lines, each with its side; a prompt-only row
+    is monitored (prompt projection only)."""
+    root = tiny_setup
+    pair = {"prompt": [Q], "chosen": [A], "rejected": [{"role": "assistant", "content": "Raw, I say."}], "id": 1}
+    write_jsonl(root / "rows.jsonl", [{"messages": [Q, A], "id": 0}, pair])
+    assert main(["judge", "--trait", "evil", "--input", str(root / "rows.jsonl")]) == 0
+    judged = read_jsonl(root / "rows.judged.jsonl")
+    assert [(r["id"], r.get("side")) for r in judged] == [(0, None), (1, "chosen"), (1, "rejected")]
+    assert all(0 <= r["judge"]["trait"] <= 100 for r in judged)
+
+    write_jsonl(root / "rows.jsonl", [{"prompt": "How do I boil an egg?", "id": 0}, pair])
+    assert main(["monitor", str(root / "rows.jsonl"), "--vector", str(root / "evil.safetensors"),
+                 "--model", str(root / "model"), "--device", "cpu"]) == 0
+    monitored = read_jsonl(root / "rows.monitor.jsonl")
+    assert [(r["id"], r.get("side")) for r in monitored] == [(0, None), (1, "chosen"), (1, "rejected")]
+    evil = [r["persona_monitor"]["traits"]["evil"] for r in monitored]
+    assert evil[0]["response_mean"] is None and evil[1]["response_mean"] != evil[2]["response_mean"]
+    assert evil[1]["prompt_last"] == pytest.approx(evil[2]["prompt_last"], abs=1e-5)  # the same prompt
