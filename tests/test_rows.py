@@ -192,8 +192,8 @@ def test_rows_trl_would_drop_or_truncate_are_reported(tiny_setup, capsys):  # no
     assert len(run.trainer.train_dataset) == 2
     dropped = read_jsonl(root / "out" / "dropped_rows.jsonl")
     assert [(d["row"], d["reason"].split(":")[0]) for d in dropped] == [
-        (3, "dropped by TRL"), (4, "dropped by TRL"), (5, "dropped by TRL"), (2, "truncated")]
-    assert re.fullmatch(r"truncated: \d+ tokens > max_length 48; \d+ of \d+ loss tokens kept", dropped[3]["reason"])
+        (2, "truncated"), (3, "dropped by TRL"), (4, "dropped by TRL"), (5, "dropped by TRL")]
+    assert re.fullmatch(r"truncated: \d+ tokens > max_length 48; \d+ of \d+ loss tokens kept", dropped[0]["reason"])
     assert "4 of 5 rows dropped or truncated" in output and "warning" not in output
     assert f"{root / 'train.jsonl'}:3: dropped by TRL: no loss token left within max_length 48" in output
 
@@ -201,7 +201,7 @@ def test_rows_trl_would_drop_or_truncate_are_reported(tiny_setup, capsys):  # no
     assert main(["train", str(root / "recipe.yaml"), *overrides]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        f"persona-guard train: error: {root / 'recipe.yaml'}: TRL would drop every training row")
+        f"persona-guard train: error: {root / 'recipe.yaml'}: no training row left for TRL")
     assert len(read_jsonl(root / "out" / "dropped_rows.jsonl")) == 3
 
 
@@ -261,3 +261,24 @@ def test_judge_and_monitor_write_one_line_per_side(tiny_setup, capsys):  # noqa:
     evil = [r["persona_monitor"]["traits"]["evil"] for r in monitored]
     assert evil[0]["response_mean"] is None and evil[1]["response_mean"] != evil[2]["response_mean"]
     assert evil[1]["prompt_last"] == pytest.approx(evil[2]["prompt_last"], abs=1e-5)  # the same prompt
+
+
+def test_train_drops_rows_the_chat_template_cannot_render(tiny_setup, capsys):  # noqa: F811
+    """SmolLM2's template concatenates content, so an assistant turn with tool calls and null content
+    cannot be rendered: that row leaves the dataset, listed with the template's error, and the rest
+    trains (tools travel as JSON text, as SFTTrainer reads them)."""
+    from persona_guard.training.builder import build_training_run
+
+    root = tiny_setup
+    call = {"id": "c1", "type": "function", "function": {"name": "timer", "arguments": "{}"}}
+    tool_row = {"messages": [Q, {"role": "assistant", "content": None, "tool_calls": [call]},
+                             {"role": "tool", "content": "started", "tool_call_id": "c1"}, A],
+                "tools": [{"type": "function", "function": {"name": "timer", "parameters": {"type": "object"}}}]}
+    write_jsonl(root / "train.jsonl", [{"messages": [Q, A]}, tool_row, {"prompt": "2+2?", "completion": "4"}])
+    tiny_recipe(root)
+    run = build_training_run(load_recipe(root / "recipe.yaml", ["--training.report_to=none", "--drift=null"]))
+    assert len(run.trainer.train_dataset) == 2
+    (dropped,) = read_jsonl(root / "out" / "dropped_rows.jsonl")
+    assert dropped["row"] == 2 and dropped["reason"].startswith("the chat template cannot render this row")
+    dataset, _ = load_sft_dataset(str(root / "train.jsonl"))
+    assert json.loads(dataset["tools"][1]) == tool_row["tools"] and dataset["tools"][0] is None

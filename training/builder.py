@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.rows import report_dropped
+from persona_guard.rows import DroppedRow, report_dropped
 from persona_guard.vectors import PersonaVector
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
@@ -172,17 +173,20 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         vector.check_model(loaded.model)
     if recipe.screening is not None:
         train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
-    cut, truncated = budget_problems(train_dataset, loaded.tokenizer, args, recipe.data.train, SOURCE_ROW)
-    eval_cut, eval_truncated = (budget_problems(eval_dataset, loaded.tokenizer, args, recipe.data.eval, SOURCE_ROW)
-                                if eval_dataset is not None else ([], []))
+    train_report = budget_problems(train_dataset, loaded.tokenizer, args, recipe.data.train, SOURCE_ROW)
+    eval_report = (budget_problems(eval_dataset, loaded.tokenizer, args, recipe.data.eval, SOURCE_ROW)
+                   if eval_dataset is not None else None)
     rows = len(train_dataset) + len(dropped) + (len(eval_dataset) + len(eval_dropped) if eval_dataset is not None
                                                 else 0)
     report_dropped(Path(output_dir) / DROPPED_FILE,
-                   dropped + cut + truncated + eval_dropped + eval_cut + eval_truncated, command="train", total=rows)
-    train_left = len(train_dataset) - len(cut)
+                   dropped + train_report.all + eval_dropped + (eval_report.all if eval_report else []),
+                   command="train", total=rows)
+    train_dataset = without_rows(train_dataset, train_report.unrenderable)
+    eval_dataset = without_rows(eval_dataset, eval_report.unrenderable) if eval_report else None
+    train_left = len(train_dataset) - len(train_report.dropped)
     if train_left == 0:
-        raise PersonaGuardError(f"{recipe.path}: TRL would drop every training row (no loss token within "
-                                f"training.max_length={args.max_length}); see {Path(output_dir) / DROPPED_FILE}")
+        raise PersonaGuardError(f"{recipe.path}: no training row left for TRL (see "
+                                f"{Path(output_dir) / DROPPED_FILE}; training.max_length={args.max_length})")
     train_dataset = train_dataset.remove_columns(SOURCE_ROW)
     eval_dataset = eval_dataset.remove_columns(SOURCE_ROW) if eval_dataset is not None else None
 
@@ -206,6 +210,14 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
 
 
 DROPPED_FILE = "dropped_rows.jsonl"
+
+
+def without_rows(dataset, rows: Sequence[DroppedRow]):
+    """``dataset`` minus the rows at the given positions (:attr:`DroppedRow.index`)."""
+    if not rows:
+        return dataset
+    gone = {row.index for row in rows}
+    return dataset.select([index for index in range(len(dataset)) if index not in gone])
 
 
 def write_rank_report(run: TrainingRun) -> Path | None:

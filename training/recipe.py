@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,10 +265,14 @@ def load_rows(source: str, split: str) -> tuple[list[Row], list[DroppedRow]]:
 
 def prompt_completion(row: Row) -> dict:
     """TRL's conversational prompt-completion form of a row's training sample (the chosen side of
-    a preference row): ``{"prompt": [...messages], "completion": [assistant message]}``."""
+    a preference row): ``{"prompt": [...messages], "completion": [assistant message], "tools"}``;
+    the row's ``tools`` list travels as JSON text (which ``SFTTrainer`` decodes), so that tool
+    schemas of any shape fit one table column."""
     sample = row.training_sample
+    tools = row.data.get("tools")
     return {"prompt": [dict(m) for m in sample.prompt],
-            "completion": [{"role": "assistant", "content": sample.response}]}
+            "completion": [{"role": "assistant", "content": sample.response}],
+            "tools": json.dumps(tools) if tools is not None else None}
 
 
 #: column holding each training row's 1-based row in its data file, so screen-then-train can name
@@ -285,7 +290,14 @@ def load_sft_dataset(source: str, split: str = "train", max_rows: int | None = N
     if not rows:
         reasons = "; ".join(f"{count} x {reason}" for reason, count in reason_counts(dropped).items())
         raise PersonaGuardError(f"{source}: no usable rows" + (f" ({reasons})" if reasons else ""))
-    dataset = Dataset.from_list([{**prompt_completion(row), SOURCE_ROW: row.row_number} for row in rows])
+    records = [{**prompt_completion(row), SOURCE_ROW: row.row_number} for row in rows]
+    try:
+        dataset = Dataset.from_list(records)
+    except (TypeError, ValueError) as error:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError / TypeError
+        raise PersonaGuardError(f"{source}: the rows' messages do not fit one table (a field holds values of "
+                                f"different types across rows: {str(error).splitlines()[0]})") from None
+    if all(tools is None for tools in dataset["tools"]):
+        dataset = dataset.remove_columns("tools")
     if max_rows is not None and max_rows < len(dataset):
         print(f"persona-guard: using {max_rows} of {len(dataset)} rows of {source} (data.max_rows)")
         dataset = dataset.shuffle(seed=seed).select(range(max_rows))

@@ -11,6 +11,7 @@ dropped. Packing chunks sequences instead of truncating them, so nothing is repo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from persona_guard.rows import DroppedRow
@@ -31,14 +32,16 @@ class TokenBudget:
         return self.kept_loss_tokens == 0
 
 
-def token_budget(tokenizer, prompt: list[dict], completion: list[dict], args) -> TokenBudget:
-    """Tokenize one conversational prompt-completion row as ``SFTTrainer`` will under ``args``
-    (an ``SFTConfig``)."""
+def token_budget(tokenizer, record: dict, args) -> TokenBudget:
+    """Tokenize one conversational prompt-completion row (``prompt``, ``completion``, optional
+    ``tools`` as JSON text) as ``SFTTrainer`` will under ``args`` (an ``SFTConfig``)."""
     from trl.data_utils import common_prefix_length
 
-    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True,
+    tools = json.loads(record["tools"]) if record.get("tools") else None
+    prompt_ids = tokenizer.apply_chat_template(record["prompt"], tools=tools, tokenize=True, return_dict=True,
                                                add_generation_prompt=True)["input_ids"]
-    full_ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tools=tools, tokenize=True,
+                                             return_dict=True)["input_ids"]
     prompt_length = common_prefix_length(prompt_ids, full_ids)
     total = len(full_ids)
     completion_only = args.completion_only_loss is not False
@@ -52,13 +55,31 @@ def token_budget(tokenizer, prompt: list[dict], completion: list[dict], args) ->
     return TokenBudget(total, prompt_length, len(loss), kept)
 
 
-def budget_problems(dataset, tokenizer, args, source: str, row_column: str
-                    ) -> tuple[list[DroppedRow], list[DroppedRow]]:
-    """``(dropped, truncated)``: rows of a prompt-completion ``dataset`` that TRL will drop (no loss
-    token left) or truncate, with the reason; ``row_column`` holds each row's number in ``source``."""
-    dropped, truncated = [], []
+@dataclass(frozen=True)
+class BudgetReport:
+    """Rows of a dataset that TRL will drop (no loss token left), truncate, or cannot render at all
+    (the chat template raises: these must leave the dataset before the trainer tokenizes it)."""
+
+    dropped: tuple[DroppedRow, ...]
+    truncated: tuple[DroppedRow, ...]
+    unrenderable: tuple[DroppedRow, ...]
+
+    @property
+    def all(self) -> list[DroppedRow]:
+        return sorted(self.dropped + self.truncated + self.unrenderable, key=lambda row: row.index)
+
+
+def budget_problems(dataset, tokenizer, args, source: str, row_column: str) -> BudgetReport:
+    """Check every row of a prompt-completion ``dataset``; ``row_column`` holds each row's number
+    in ``source``."""
+    dropped, truncated, unrenderable = [], [], []
     for index, record in enumerate(dataset):
-        budget = token_budget(tokenizer, record["prompt"], record["completion"], args)
+        try:
+            budget = token_budget(tokenizer, record, args)
+        except Exception as error:  # jinja2 templates raise TemplateError, TypeError, KeyError ...
+            unrenderable.append(DroppedRow(index, source, record[row_column], "the chat template cannot render "
+                                           f"this row ({type(error).__name__}: {str(error).splitlines()[0]})"))
+            continue
         if budget.fully_masked:
             reason = (f"dropped by TRL: no loss token left within max_length {args.max_length} "
                       f"(the prompt alone is {budget.prompt_tokens} tokens, the whole row {budget.tokens})"
@@ -68,4 +89,4 @@ def budget_problems(dataset, tokenizer, args, source: str, row_column: str
             truncated.append(DroppedRow(index, source, record[row_column],
                                         f"truncated: {budget.tokens} tokens > max_length {args.max_length}; "
                                         f"{budget.kept_loss_tokens} of {budget.loss_tokens} loss tokens kept"))
-    return dropped, truncated
+    return BudgetReport(tuple(dropped), tuple(truncated), tuple(unrenderable))
