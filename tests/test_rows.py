@@ -282,3 +282,21 @@ def test_train_drops_rows_the_chat_template_cannot_render(tiny_setup, capsys):  
     assert dropped["row"] == 2 and dropped["reason"].startswith("the chat template cannot render this row")
     dataset, _ = load_sft_dataset(str(root / "train.jsonl"))
     assert json.loads(dataset["tools"][1]) == tool_row["tools"] and dataset["tools"][0] is None
+
+
+def test_screen_skips_undecodable_rows_and_finishes(tiny_setup, capsys):  # noqa: F811
+    """Issue 16 item 1 for `screen`: the run completes, the bad rows are in skipped.jsonl with their
+    field, and the shard manifest is whole."""
+    root = tiny_setup
+    path = root / "bad.jsonl"
+    path.write_bytes(json.dumps({"messages": [Q, A]}).encode() + b"\n"
+                     + json.dumps({"messages": [Q, {"role": "assistant", "content": "Hi \ud800"}]}).encode() + b"\n"
+                     + b'{"prompt": "caf\xe9?", "completion": "yes"}\n'
+                     + json.dumps({"prompt": "2+2?", "completion": "4"}).encode() + b"\n")
+    out = root / "screened"
+    assert main(["screen", str(path), "--vector", str(root / "evil.safetensors"), "--out", str(out),
+                 "--model", str(root / "model"), "--device", "cpu", "--no-generate"]) == 0
+    assert "4 rows: 2 scored, 2 skipped" in capsys.readouterr().out
+    assert [(r["row"], r["reason"].split(":")[0]) for r in read_jsonl(out / "skipped.jsonl")] == [
+        (2, "messages[1].content"), (3, "prompt")]
+    assert json.loads((out / "shards" / "manifest.json").read_text())["rows"] == 2
