@@ -1,6 +1,7 @@
 """Property tests over generated rows of every accepted form and malformed variants: each row is
 accepted by every command's reader or refused by all with the same reason, none raises anything
-but the one error type, and what screen keeps always loads in train."""
+but the one error type, and what screen keeps (``ScreenResult.kept_rows``, what ``filtered.jsonl``
+holds) always loads in train."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,8 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.io import write_jsonl
 from persona_guard.rows import read_rows, strict_rows
 from persona_guard.screening.data import classify_rows
+from persona_guard.screening.policy import FlagPolicy
+from persona_guard.screening.scorer import ScreenResult, TraitScores
 from persona_guard.training.evaluation import benign_samples
 from persona_guard.training.recipe import load_rows, load_sft_dataset
 
@@ -108,9 +112,17 @@ def verdicts(path: Path) -> dict[str, str | None]:
     return {"screen": screen, "train": dropped[0].reason if dropped else None, "eval": evaluation, "judge": judge}
 
 
+def screen_result(samples, skipped, flags: np.ndarray) -> ScreenResult:
+    """A screening result with the given flags (scores are not what this test is about)."""
+    zeros = np.zeros(len(samples))
+    scores = TraitScores(0, zeros, zeros, None, zeros, zeros, zeros, flags, None)
+    return ScreenResult("fast", samples, skipped, {"evil": scores}, FlagPolicy(), len(samples))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(row())
-def test_every_reader_gives_one_verdict_and_screen_output_loads_in_train(data):
+@given(row(), st.data())
+def test_every_reader_gives_one_verdict_and_screen_output_loads_in_train(data, drawn):
+    draw_flags = drawn.draw
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "rows.jsonl"
         path.write_text(json.dumps(data) + "\n", encoding="ascii")  # lone surrogates as \u escapes: valid JSON
@@ -124,12 +136,15 @@ def test_every_reader_gives_one_verdict_and_screen_output_loads_in_train(data):
             assert found["screen"] is None or "answer" in found["screen"]
             assert len(monitor) == 1
         if found["screen"] is None:
-            samples, _ = classify_rows(read_rows(path))
-            kept = write_jsonl(Path(folder) / "filtered.jsonl", [samples[0].data])  # screen writes rows as read
-            dataset, dropped = load_sft_dataset(str(kept))
-            assert not dropped and len(dataset) == 1
-            assert dataset[0]["completion"][0]["content"] == samples[0].response
-            assert dataset[0]["prompt"][-1]["content"] == samples[0].prompt[-1]["content"]
+            samples, skipped = classify_rows(read_rows(path))
+            flags = np.array(draw_flags(st.lists(st.booleans(), min_size=len(samples), max_size=len(samples))))
+            kept = screen_result(samples, skipped, flags).kept_rows()
+            assert kept == ([] if flags[0] else [data])  # only the first (chosen) sample decides
+            if kept:
+                dataset, dropped = load_sft_dataset(str(write_jsonl(Path(folder) / "filtered.jsonl", kept)))
+                assert not dropped and len(dataset) == 1
+                assert dataset[0]["completion"][0]["content"] == samples[0].response
+                assert dataset[0]["prompt"][-1]["content"] == samples[0].prompt[-1]["content"]
 
 
 @settings(max_examples=60, deadline=None)
