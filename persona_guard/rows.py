@@ -359,6 +359,16 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | None, RowError | None]
 
 
 def _read_jsonl(path: Path) -> list[RawRow]:
+    """JSON Lines; a ``.json`` file holding one JSON array is read as that array's objects."""
+    if path.suffix.lower() == ".json":
+        with path.open("rb") as handle:
+            starts_array = handle.read(4096).lstrip().startswith(b"[")
+        if starts_array:
+            try:
+                records = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise PersonaGuardError(f"{path}: invalid JSON array ({error})") from None
+            return rows_from_records(records, str(path))
     return [RawRow(str(path), number, data, error) for number, data, error in jsonl_lines(path)]
 
 
@@ -436,7 +446,7 @@ def read_rows(source: str | Path, split: str | None = None) -> list[RawRow]:
 def rows_from_records(records: Iterable[Mapping], source: str = "<dataset>") -> list[RawRow]:
     """Raw rows from in-memory records (a ``datasets.Dataset`` or a list of dicts)."""
     return [RawRow(source, number, dict(record)) if isinstance(record, Mapping)
-            else RawRow(source, number, None, RowError("", f"expected an object, got {type(record).__name__}"))
+            else RawRow(source, number, None, RowError("", f"expected a JSON object, got {type(record).__name__}"))
             for number, record in enumerate(records, 1)]
 
 

@@ -67,7 +67,8 @@ def test_tool_turns_and_tool_calls_are_handed_on():
     ({"prompt": [Q], "completion": [{"role": "assistant", "content": " "}]}, "completion[0].content: empty answer"),
     ({"messages": [{"role": "user", "content": "Hi \ud800"}, A]},
      "messages[0].content: not valid Unicode text: unpaired surrogate U+D800"),
-    ({"messages": [Q, A], "note": ["fine", "bad \udcff"]}, "note[1]: not valid Unicode text: unpaired surrogate U+DCFF"),
+    ({"messages": [Q, A], "note": ["fine", "bad \udcff"]},
+     "note[1]: not valid Unicode text: unpaired surrogate U+DCFF"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, A]},
      "messages[0].content[0].type: 'image_url' parts are not supported (text only)"),
     ({"messages": [Q, {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]}]},
@@ -300,3 +301,17 @@ def test_screen_skips_undecodable_rows_and_finishes(tiny_setup, capsys):  # noqa
     assert [(r["row"], r["reason"].split(":")[0]) for r in read_jsonl(out / "skipped.jsonl")] == [
         (2, "messages[1].content"), (3, "prompt")]
     assert json.loads((out / "shards" / "manifest.json").read_text())["rows"] == 2
+
+
+def test_csv_bad_bytes_and_json_arrays(tmp_path):
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_bytes(b"prompt,completion\nWhat is 2+2?,4\ncaf\xe9?,yes\n")
+    samples, skipped = classify_rows(read_rows(csv_path))
+    assert [s.response for s in samples] == ["4"]
+    assert [(s.row_number, s.reason.split(" at ")[0]) for s in skipped] == [
+        (2, "prompt: not valid Unicode text: unpaired surrogate U+DCE9")]
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps([{"messages": [Q, A]}, 3], indent=2))
+    rows, dropped = sort_rows(read_rows(array))
+    assert [r.row_number for r in rows] == [1] and [(d.row_number, d.reason) for d in dropped] == [
+        (2, "expected a JSON object, got int")]
