@@ -275,9 +275,10 @@ def parse_row(data: Mapping) -> tuple[Form, tuple[Sample, ...]]:
         return "messages", (_split(parse_messages(data["messages"], "messages"), "messages"),)
     if data.get("prompt") is not None:
         prompt = _prompt(data["prompt"], "prompt")
-        for field, form in (("completion", "prompt_completion"), ("response", "prompt_response")):
-            if data.get(field) is not None:
-                return form, (Sample(prompt, _completion(data[field], field)),)
+        if data.get("completion") is not None:
+            return "prompt_completion", (Sample(prompt, _completion(data["completion"], "completion")),)
+        if data.get("response") is not None:
+            return "prompt_response", (Sample(prompt, _completion(data["response"], "response")),)
         return "prompt_only", (Sample(prompt, None),)
     if data.get("text") is not None:
         if not isinstance(data["text"], str):
@@ -299,8 +300,8 @@ def require(form: Form, samples: tuple[Sample, ...], need: Need) -> None:
 
 def usable_row(index: int, raw: RawRow, need: Need = "answer") -> Row:
     """The :class:`Row` of a raw row, or the :class:`RowError` that says why it cannot be used."""
-    if raw.error is not None:
-        raise raw.error
+    if raw.data is None:
+        raise raw.error or RowError("", "unreadable row")
     form, samples = parse_row(raw.data)
     require(form, samples, need)
     return Row(index, raw.source, raw.row_number, raw.data, form, samples)

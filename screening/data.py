@@ -30,9 +30,10 @@ class ScreenRow:
 def classify_rows(raw_rows: Sequence[RawRow]) -> tuple[list[ScreenRow], list[DroppedRow]]:
     """Split raw rows into scorable samples and skipped rows with their reasons (input order kept)."""
     rows, skipped = sort_rows(raw_rows, need="answer")
-    samples = []
+    samples: list[ScreenRow] = []
     for row in rows:
         for sample in row.samples:
+            assert sample.response is not None  # need="answer"
             samples.append(ScreenRow(len(samples), row.index, row.source, row.row_number, row.data,
                                      sample.prompt, sample.response, sample.side))
     return samples, skipped
