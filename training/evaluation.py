@@ -123,7 +123,8 @@ def benign_samples(path: str, limit: int | None) -> tuple[list[Sample], list[Dro
         print(f"persona-guard eval: perplexity on the first {limit} of {len(raw)} rows of {path} (--max-benign)")
     if not rows:
         raise PersonaGuardError(f"{path}: no usable rows for perplexity"
-                                + (f" (first: {dropped[0].row_number}: {dropped[0].reason})" if dropped else ""))
+                                + (f" (first refused: row {dropped[0].row_number}: {dropped[0].reason})"
+                                   if dropped else ""))
     return [row.training_sample for row in rows], dropped
 
 
