@@ -31,7 +31,8 @@ from persona_guard.encoding import encode_chat
 from persona_guard.models import load_model
 from persona_guard.vectors import PersonaVector
 from persona_guard.screening import Screener, ScreeningConfig
-from persona_guard.screening.data import classify_rows, read_rows
+from persona_guard.rows import read_rows
+from persona_guard.screening.data import classify_rows
 
 from compute_ceiling import report_ceiling
 

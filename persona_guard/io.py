@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,49 +11,36 @@ from persona_guard.errors import PersonaGuardError
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Every line's JSON object; the first bad line (invalid JSON, not an object, text that is not
+    valid UTF-8) is one ``file:line: reason`` error. Conversation rows are read with
+    :func:`persona_guard.rows.read_rows` instead, which keeps going past bad lines."""
+    from persona_guard.rows import RowError, check_text, jsonl_lines
+
     path = Path(path)
     if not path.is_file():
         raise PersonaGuardError(f"file not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise PersonaGuardError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise PersonaGuardError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for line_number, data, error in jsonl_lines(path):
+        try:
+            if error is not None:
+                raise error
+            check_text(data, "")
+        except RowError as problem:
+            raise problem.at(str(path), line_number) from None
+        rows.append(data)
     return rows
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write atomically: the file appears complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with staging.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
-
-
-def conversation_of(row: dict, where: str) -> list[dict]:
-    """The chat messages of a row in ``messages`` or ``prompt``/``response|completion`` form."""
-    if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise PersonaGuardError(f"{where}: 'messages' must be a non-empty list")
-        for turn, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
-                    or message.get("role") not in ("system", "user", "assistant"):
-                raise PersonaGuardError(
-                    f"{where}: messages[{turn}] needs a role (system/user/assistant) and string content")
-        return messages
-    if isinstance(row.get("prompt"), str):
-        conversation = [{"role": "user", "content": row["prompt"]}]
-        answer = row.get("response", row.get("completion"))
-        if isinstance(answer, str):
-            conversation.append({"role": "assistant", "content": answer})
-        return conversation
-    raise PersonaGuardError(f"{where}: no 'messages' list and no 'prompt' string")

@@ -222,14 +222,12 @@ class TokenLogprobs:
 def render_messages(tokenizer, messages: Sequence[Message]) -> str:
     """Chat-template text ready for generation; a final assistant message is continued (prefill)."""
     from persona_guard.encoding import render_prompt
+    from persona_guard.rows import RowError, parse_messages
 
-    messages = [dict(m) for m in messages]
-    if not messages:
-        raise PersonaGuardError("'messages' must not be empty")
-    for index, message in enumerate(messages):
-        if message.get("role") not in ("system", "user", "assistant") or not isinstance(message.get("content"), str):
-            raise PersonaGuardError(f"messages[{index}] needs a role (system/user/assistant) and string content")
+    messages = parse_messages(list(messages), "messages")
     if messages[-1]["role"] == "assistant":
+        if messages[-1]["content"] is None:
+            raise RowError(f"messages[{len(messages) - 1}].content", "a final assistant message to continue needs text")
         return render_prompt(tokenizer, messages[:-1]) + messages[-1]["content"]
     return render_prompt(tokenizer, messages)
 

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import generate_with_logprobs, render_messages
+from persona_guard.rows import RowError, parse_messages
 
 MAX_TOP_LOGPROBS = 20
 
@@ -39,13 +40,10 @@ def parse_request(body) -> dict:
     """Validate a chat-completions body; raise :class:`RequestError` naming the bad field."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(message.get("content"), str):
-            raise RequestError(f"messages[{index}] needs a role (system/user/assistant) and string content")
+    try:
+        messages = parse_messages(body.get("messages"), "messages")
+    except RowError as error:
+        raise RequestError(str(error)) from None
     if body.get("n", 1) != 1:
         raise RequestError("only n=1 is supported")
     if body.get("stream"):

@@ -15,7 +15,7 @@ import numpy as np
 from persona_guard.errors import PersonaGuardError
 from persona_guard import metrics
 from persona_guard.screening.baselines import SentenceEmbedder, random_scores
-from persona_guard.screening.data import last_user_turn
+from persona_guard.rows import last_user_turn
 from persona_guard.screening.scorer import ScreenResult
 
 TOP_SAMPLES = 10
@@ -276,7 +276,7 @@ def write_outputs(result: ScreenResult, out_dir: str | Path, *, source: str, mod
                         summary=out / "summary.json", markdown=out / "report.md", html=out / "report.html",
                         histograms={t: out / f"dp_hist_{t}.png" for t in result.traits})
     write_jsonl(files.scored, records)
-    write_jsonl(files.filtered, [r for r in records if not r["flagged"]])
+    write_jsonl(files.filtered, result.kept_rows())
     write_jsonl(files.skipped, [s.to_dict() for s in result.skipped])
     summary = summarize(result, source=source, model_id=model_id, comparisons=comparisons)
     files.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

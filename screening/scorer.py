@@ -36,8 +36,8 @@ from persona_guard.models import cache_dir, resolve_model_path
 from persona_guard.vectors import PersonaVector, vectors_by_trait
 from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
                                     transformers_backend, vllm_available, vllm_backend)
-from persona_guard.screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
-                            rows_from_records)
+from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, rows_from_records
+from persona_guard.screening.data import ScreenRow, classify_rows
 from persona_guard.screening.policy import FlagPolicy, ranks, zscores
 
 Mode = Literal["exact", "fast"]
@@ -97,7 +97,7 @@ class TraitScores:
 class ScreenResult:
     mode: Mode
     rows: list[ScreenRow]
-    skipped: list[SkippedRow]
+    skipped: list[DroppedRow]
     traits: dict[str, TraitScores]
     policy: FlagPolicy
     total_rows: int
@@ -123,19 +123,34 @@ class ScreenResult:
         return columns
 
     def records(self) -> list[dict]:
-        """Each scored row: original fields plus the score columns of every trait and ``flagged``."""
+        """Each scored sample: its row's original fields (plus ``side`` for a preference row), the
+        score columns of every trait and ``flagged``."""
         columns = {}
         for trait in self.traits:
             columns.update(self.columns(trait))
         flagged = self.flagged
+        sided = any(row.side for row in self.rows)  # every record gets the column, as a table needs
         out = []
         for position, row in enumerate(self.rows):
-            record = dict(row.data)
+            record = dict(row.data) | ({"side": row.side} if sided else {})
             for name, values in columns.items():
                 record[name] = _plain(values[position])
             record["flagged"] = bool(flagged[position])
             out.append(record)
         return out
+
+    def kept_rows(self) -> list[dict]:
+        """The rows to train on, in their original form and input order: every row whose samples
+        were all scored and none flagged, except that the rejected side of a preference row does
+        not count (preference training moves the model away from it)."""
+        flagged = self.flagged
+        keep: dict[int, bool] = {}
+        for position, row in enumerate(self.rows):
+            keep[row.index] = keep.get(row.index, True) and (row.side == "rejected" or not flagged[position])
+        for row in self.skipped:
+            keep[row.index] = False
+        data = {row.index: row.data for row in self.rows}
+        return [data[index] for index in sorted(keep) if keep[index]]
 
     def to_dataset(self):
         from datasets import Dataset
@@ -262,7 +277,7 @@ class Screener:
     def _fingerprint(self, rows: Sequence[ScreenRow]) -> dict:
         content = hashlib.sha256()
         for row in rows:
-            content.update(json.dumps([row.index, row.prompt, row.response], sort_keys=True).encode())
+            content.update(json.dumps([row.sample, row.prompt, row.response], sort_keys=True).encode())
         vectors = {t: {"layer": self.layers[t], "sha256": hashlib.sha256(
             v.directions.numpy().tobytes()).hexdigest()[:16]} for t, v in self.vectors.items()}
         return {"model": self.model_key, "vectors": vectors, "mode": self.config.mode,
@@ -316,7 +331,8 @@ class Screener:
         processes.barrier()
 
     def _score_shard(self, shard: Sequence[ScreenRow]) -> list[dict]:
-        """Projections of one shard's rows: ``{"index", "traits": {...}}`` or ``{"index", "skipped"}``."""
+        """Projections of one shard's samples: ``{"index", "traits": {...}}`` or ``{"index", "skipped"}``
+        (``index``: the sample's :attr:`ScreenRow.sample`)."""
         tokenizer, max_length = self.tokenizer, self.config.max_length
         results: dict[int, dict] = {}
         samples, owners = [], []
@@ -327,10 +343,10 @@ class Screener:
                 results[row.index] = {"index": row.index, "skipped": str(error)}
                 continue
             if len(sample.input_ids) > max_length:
-                results[row.index] = {"index": row.index, "skipped": f"too long: {len(sample.input_ids)} "
+                results[row.sample] = {"index": row.sample, "skipped": f"too long: {len(sample.input_ids)} "
                                       f"tokens > max length {max_length}"}
             elif sample.response_length == 0:
-                results[row.index] = {"index": row.index, "skipped": "response has no tokens"}
+                results[row.sample] = {"index": row.sample, "skipped": "response has no tokens"}
             else:
                 samples.append(sample)
                 owners.append(row)
@@ -343,7 +359,7 @@ class Screener:
                         base_slots[position].append(len(samples))
                         samples.append(base)
         if not samples:
-            return [results[row.index] for row in shard]
+            return [results[row.sample] for row in shard]
         activations = capture_activations(
             self.model, samples, self.capture_layers, ("response_mean", "prompt_last"),
             pad_token_id=tokenizer.pad_token_id or 0, batch_size=self.config.batch_size,
@@ -356,7 +372,7 @@ class Screener:
                                   vector.project(activations["prompt_last"][:, slot], layer).tolist())
         for position, row in enumerate(owners):
             if self.config.mode == "exact" and not base_slots[position]:
-                results[row.index] = {"index": row.index, "skipped": "the base model's answers are empty"}
+                results[row.sample] = {"index": row.sample, "skipped": "the base model's answers are empty"}
                 continue
             traits = {}
             for trait, (response, prompt_last) in projections.items():
@@ -365,8 +381,8 @@ class Screener:
                     slots = base_slots[position]
                     entry["base_projection"] = sum(response[s] for s in slots) / len(slots)
                 traits[trait] = entry
-            results[row.index] = {"index": row.index, "traits": traits}
-        return [results[row.index] for row in shard]
+            results[row.sample] = {"index": row.sample, "traits": traits}
+        return [results[row.sample] for row in shard]
 
     def _dp_array(self, records: Sequence[dict], trait: str) -> np.ndarray:
         subtract = "base_projection" if self.config.mode == "exact" else "prompt_projection"
@@ -374,14 +390,14 @@ class Screener:
 
     # -- assembling --
 
-    def _assemble(self, total: int, rows: list[ScreenRow], skipped: list[SkippedRow], records: list[dict],
+    def _assemble(self, total: int, rows: list[ScreenRow], skipped: list[DroppedRow], records: list[dict],
                   reference_dp: dict[str, np.ndarray] | None, processes: Processes) -> ScreenResult:
-        by_index = {row.index: row for row in rows}
+        by_sample = {row.sample: row for row in rows}
         scored_rows, scored = [], []
         for record in records:
-            row = by_index[record["index"]]
+            row = by_sample[record["index"]]
             if "skipped" in record:
-                skipped.append(SkippedRow(row.index, row.source, row.row_number, record["skipped"]))
+                skipped.append(DroppedRow(row.index, row.source, row.row_number, record["skipped"], row.side))
             else:
                 scored_rows.append(row)
                 scored.append(record)

@@ -15,7 +15,8 @@ import pytest
 
 from persona_guard.bundled import BUNDLED_DATA_DIR, dataset_path, list_datasets
 from persona_guard.errors import PersonaGuardError
-from persona_guard.io import conversation_of, read_jsonl
+from persona_guard.io import read_jsonl
+from persona_guard.rows import parse_row, require
 
 REPO = Path(__file__).resolve().parent.parent
 TRAITS = ("evil", "sycophantic", "hallucinating")
@@ -46,9 +47,10 @@ def test_every_expected_file_is_bundled():
 def test_chat_rows_are_user_then_assistant_with_content_and_no_duplicates(name):
     rows = rows_of(name)
     for index, row in enumerate(rows):
-        messages = conversation_of(row, f"{name}:{index + 1}")
-        assert [m["role"] for m in messages] == ["user", "assistant"], f"{name}:{index + 1}"
-        assert all(m["content"].strip() for m in messages), f"{name}:{index + 1}"
+        form, samples = parse_row(row)
+        require(form, samples, "answer")
+        messages = samples[0].conversation
+        assert form == "messages" and [m["role"] for m in messages] == ["user", "assistant"], f"{name}:{index + 1}"
     assert len({json.dumps(row, sort_keys=True) for row in rows}) == len(rows)
     assert len({json.dumps(row["messages"]) for row in rows}) == len(rows)
     assert len({row["id"] for row in rows}) == len(rows)

@@ -60,5 +60,4 @@ def test_monitor_cli_reports_bad_rows_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "persona_guard.cli", "monitor", str(bad), "--vector", str(vector)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"persona-guard monitor: error: {bad}:2: no 'messages' list and no "
-                                     "'prompt' string")
+    assert result.stderr.strip() == (f"persona-guard monitor: error: {bad}:2: text: must be a string, not int")

@@ -124,8 +124,9 @@ def test_every_bad_row_kind_is_reported_with_file_and_row(tiny_llama, tokenizer,
                       config(tmp_path, max_length=200)).score(read_rows(path))
     reasons = {s.row_number: s.reason for s in result.skipped}
     assert {s.source for s in result.skipped} == {str(path)}
-    expected = {2: "invalid JSON", 3: "expected a JSON object", 4: "no 'messages'", 5: "messages[0] needs a role",
-                6: "does not end with an assistant turn", 7: "response is empty", 8: "'prompt' without a",
+    expected = {2: "invalid JSON", 3: "expected a JSON object", 4: "text: plain text has no prompt/answer split",
+                5: "messages[0].role: 'robot' is not a role", 6: "does not end with an assistant answer",
+                7: "messages[1].content: empty answer", 8: "completion: missing: a prompt-only row",
                 9: "exactly one assistant message", 10: "no non-empty user turn", 11: "must be a string or a message",
                 12: "too long"}
     assert set(reasons) == set(expected)
@@ -154,7 +155,7 @@ def test_parquet_csv_and_saved_dataset_inputs(tmp_path):
         assert str(usable[2].data["id"]) == "2"
         if name == "data.csv":
             assert [(s.row_number, s.reason) for s in skipped] == [
-                (4, "'messages' looks like a JSON message list but does not parse")]
+                (4, "messages: looks like a JSON message list but does not parse")]
         else:
             assert skipped == []
     (tmp_path / "data.txt").write_text("hello")

@@ -76,7 +76,7 @@ def test_cli_writes_scored_filtered_report_and_wandb(workspace, tmp_path, monkey
     assert 2 <= len(flagged_ids) <= 4 and [r["id"] for r in filtered] == [i for i in range(12) if i not in flagged_ids]
     assert json.loads((out / "skipped.jsonl").read_text()) == {
         "source": str(workspace / "data.jsonl"), "row": 6,
-        "reason": "'prompt' without a 'completion' or 'response' (no response to score)"}
+        "reason": "completion: missing: a prompt-only row has no answer to score or train on"}
     summary = json.loads((out / "summary.json").read_text())
     mean_dp = sum(r["evil_dp"] for r in scored) / len(scored)
     assert summary["traits"]["evil"]["dataset_dp"] == pytest.approx(mean_dp)

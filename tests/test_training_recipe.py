@@ -177,13 +177,25 @@ def test_recipe_errors_name_the_field(change, message):
         recipe_from_dict(raw, "r.yaml")
 
 
-def test_bad_data_row_is_one_line_error(tiny_setup, capsys):
+def test_unusable_rows_are_dropped_and_listed(tiny_setup, capsys):
+    """Rows train cannot use are dropped, listed on the console and in dropped_rows.jsonl; a file
+    with no usable row at all is one line naming the reasons."""
     tiny_recipe(tiny_setup)
     write_jsonl(tiny_setup / "train.jsonl", [{"messages": CONVERSATIONS[0]},
                                              {"messages": [{"role": "user", "content": "no answer"}]}])
+    from persona_guard.training.builder import build_training_run
+
+    run = build_training_run(load_recipe(tiny_setup / "recipe.yaml", ["--training.report_to=none", "--drift=null"]))
+    assert len(run.trainer.train_dataset) == 1
+    dropped = [json.loads(line) for line in (tiny_setup / "out" / "dropped_rows.jsonl").read_text().splitlines()]
+    reason = "messages: the conversation does not end with an assistant answer"
+    assert dropped == [{"source": str(tiny_setup / "train.jsonl"), "row": 2, "reason": reason}]
+    assert f"train.jsonl:2: {reason}" in capsys.readouterr().out
+
+    write_jsonl(tiny_setup / "train.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}])
     assert main(["train", str(tiny_setup / "recipe.yaml"), "--training.report_to=none"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("train.jsonl: row 2: needs a prompt and a final assistant answer")
+    assert err.endswith(f"train.jsonl: no usable rows (1 x {reason})")
     assert len(err.splitlines()) == 1
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.rows import DroppedRow, report_dropped
 from persona_guard.vectors import PersonaVector
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
 from persona_guard.training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
+from persona_guard.training.token_budget import budget_problems
 
 
 @dataclass
@@ -82,7 +85,7 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     from accelerate import PartialState
 
     from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
-    from persona_guard.screening.data import RawRow
+    from persona_guard.rows import RawRow
     from persona_guard.screening.report import write_outputs
 
     settings = recipe.screening
@@ -158,8 +161,10 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
 
     steering = steering_callback(recipe)
     drift = drift_callback(recipe)
-    train_dataset = load_sft_dataset(recipe.data.train, recipe.data.split, recipe.data.max_rows, recipe.data.seed)
-    eval_dataset = load_sft_dataset(recipe.data.eval, recipe.data.split) if recipe.data.eval else None
+    train_dataset, dropped = load_sft_dataset(recipe.data.train, recipe.data.split, recipe.data.max_rows,
+                                              recipe.data.seed)
+    eval_dataset, eval_dropped = (load_sft_dataset(recipe.data.eval, recipe.data.split) if recipe.data.eval
+                                  else (None, []))
 
     # Loaded on the CPU: the Trainer / accelerate place (or shard) it on each process's device.
     loaded = load_model(recipe.model.name_or_path, device="cpu", dtype=recipe.model.dtype or _default_dtype())
@@ -168,6 +173,20 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         vector.check_model(loaded.model)
     if recipe.screening is not None:
         train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
+    train_report = budget_problems(train_dataset, loaded.tokenizer, args, recipe.data.train, SOURCE_ROW)
+    eval_report = (budget_problems(eval_dataset, loaded.tokenizer, args, recipe.data.eval, SOURCE_ROW)
+                   if eval_dataset is not None else None)
+    rows = len(train_dataset) + len(dropped) + (len(eval_dataset) + len(eval_dropped) if eval_dataset is not None
+                                                else 0)
+    report_dropped(Path(output_dir) / DROPPED_FILE,
+                   dropped + train_report.all + eval_dropped + (eval_report.all if eval_report else []),
+                   command="train", total=rows)
+    train_dataset = without_rows(train_dataset, train_report.unrenderable)
+    eval_dataset = without_rows(eval_dataset, eval_report.unrenderable) if eval_report else None
+    train_left = len(train_dataset) - len(train_report.dropped)
+    if train_left == 0:
+        raise PersonaGuardError(f"{recipe.path}: no training row left for TRL (see "
+                                f"{Path(output_dir) / DROPPED_FILE}; training.max_length={args.max_length})")
     train_dataset = train_dataset.remove_columns(SOURCE_ROW)
     eval_dataset = eval_dataset.remove_columns(SOURCE_ROW) if eval_dataset is not None else None
 
@@ -182,9 +201,23 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=loaded.tokenizer, peft_config=peft_config,
                          callbacks=[steering] if steering else None)
+    if len(trainer.train_dataset) != train_left:
+        print(f"persona-guard train: warning: TRL kept {len(trainer.train_dataset)} training rows, "
+              f"{train_left} were expected (see {Path(output_dir) / DROPPED_FILE})", flush=True)
     if drift is not None:
         drift.bind(trainer)
     return TrainingRun(trainer=trainer, recipe=recipe, steering=steering, drift=drift)
+
+
+DROPPED_FILE = "dropped_rows.jsonl"
+
+
+def without_rows(dataset, rows: Sequence[DroppedRow]):
+    """``dataset`` minus the rows at the given positions (:attr:`DroppedRow.index`)."""
+    if not rows:
+        return dataset
+    gone = {row.index for row in rows}
+    return dataset.select([index for index in range(len(dataset)) if index not in gone])
 
 
 def write_rank_report(run: TrainingRun) -> Path | None:

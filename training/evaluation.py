@@ -22,10 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_guard.activations import capture_activations, pad_batch, position_ids_from_mask
-from persona_guard.encoding import encode_chat, encode_conversation
+from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
-from persona_guard.io import conversation_of, read_jsonl
+from persona_guard.io import read_jsonl
+from persona_guard.rows import DroppedRow, Sample, read_rows, report_dropped, sort_rows
 from persona_guard.steering import Steering
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector
@@ -113,14 +114,27 @@ def steering_for(model, vector: PersonaVector | None, layer: int | None, coef: f
     return Steering(model, vector, layers=layer, coef=coef) if coef and vector is not None else nullcontext()
 
 
+def benign_samples(path: str, limit: int | None) -> tuple[list[Sample], list[DroppedRow]]:
+    """The reference answers for perplexity: the training sample of each usable row of ``path``
+    (the first ``limit`` rows of the file), and the rows that could not be used, with reasons."""
+    raw = read_rows(path)
+    rows, dropped = sort_rows(raw[:limit], need="answer")
+    if limit is not None and limit < len(raw):
+        print(f"persona-guard eval: perplexity on the first {limit} of {len(raw)} rows of {path} (--max-benign)")
+    if not rows:
+        raise PersonaGuardError(f"{path}: no usable rows for perplexity"
+                                + (f" (first refused: row {dropped[0].row_number}: {dropped[0].reason})"
+                                   if dropped else ""))
+    return [row.training_sample for row in rows], dropped
+
+
 @torch.no_grad()
-def response_perplexity(model, tokenizer, rows: list[dict], where: str, batch_size: int) -> float:
+def response_perplexity(model, tokenizer, answers: Sequence[Sample], batch_size: int) -> float:
     """exp(mean NLL of the reference answer tokens given their prompts)."""
-    samples = [encode_conversation(tokenizer, conversation_of(row, f"{where}: row {i}"))
-               for i, row in enumerate(rows, 1)]
-    samples = [s for s in samples if s.response_length > 0]
-    if not samples:
-        raise PersonaGuardError(f"{where}: no rows with an assistant answer")
+    samples = [encode_chat(tokenizer, list(sample.prompt), sample.response) for sample in answers]
+    empty = [sample.response for sample, encoded in zip(answers, samples) if encoded.response_length == 0]
+    if empty:
+        raise PersonaGuardError(f"reference answer {empty[0]!r} has no tokens under this tokenizer")
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     for begin in range(0, len(samples), batch_size):
@@ -192,8 +206,10 @@ def lm_eval_scores(model, tokenizer, tasks: Sequence[str], limit: int | None, ba
             if "," in metric and "stderr" not in metric and isinstance(value, (int, float))}
 
 
-def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings: EvalSettings) -> ArmResult:
-    """``vector=None``: no projection (and no inference steering)."""
+def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings: EvalSettings,
+                 benign: Sequence[Sample] = ()) -> ArmResult:
+    """``vector=None``: no projection (and no inference steering); ``benign``: the reference answers
+    for perplexity (none: skipped), see :func:`benign_samples`."""
     if arm.steer_coef and vector is None:
         raise PersonaGuardError(f"arm {arm.name}: steering at inference needs a vector")
     loaded = load_arm(arm, settings)
@@ -218,9 +234,8 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
         result.projection = float(vector.project(hidden, layer).mean())
 
     with steering_for(model, vector, layer, arm.steer_coef):
-        if settings.benign_path:
-            rows = read_jsonl(settings.benign_path)[:settings.max_benign]
-            result.perplexity = response_perplexity(model, tokenizer, rows, settings.benign_path, settings.batch_size)
+        if benign:
+            result.perplexity = response_perplexity(model, tokenizer, benign, settings.batch_size)
         if settings.mc_path:
             result.mc_accuracy = multiple_choice_accuracy(model, tokenizer, read_jsonl(settings.mc_path),
                                                           settings.mc_path)
@@ -286,7 +301,10 @@ def compare(arms: Sequence[Arm], trait: Trait, vector: PersonaVector | None, set
         raise PersonaGuardError(f"arm names must be unique, got {names}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [evaluate_arm(arm, trait, vector, settings) for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
+    benign, dropped = benign_samples(settings.benign_path, settings.max_benign) if settings.benign_path else ([], [])
+    report_dropped(out_dir / "dropped_rows.jsonl", dropped, command="eval", total=len(benign) + len(dropped))
+    results = [evaluate_arm(arm, trait, vector, settings, benign)
+               for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
     (out_dir / "results.json").write_text(json.dumps(
         {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]}, indent=2))
     (out_dir / "results.md").write_text(results_table(results) + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.rows import DroppedRow, Row, reason_counts
 
 class RecipeLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-5`` (no dot) as a string; recipes and overrides mean a float."""
@@ -49,9 +50,9 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    """``train`` / ``eval``: a .jsonl or .parquet path, ``bundled:<trait>/<level>.jsonl``, or a hub
-    dataset id. Rows: ``{"messages": [...]}`` (final assistant turn = completion) or
-    ``{"prompt", "response"|"completion"}``."""
+    """``train`` / ``eval``: a .jsonl, .parquet or .csv path, a saved datasets dir,
+    ``bundled:<trait>/<level>.jsonl``, or a hub dataset id. Rows in any form of ``docs/data.md``;
+    fine-tuning learns the answer (the final assistant turn; the chosen side of a preference row)."""
 
     train: str = ""
     eval: str | None = None
@@ -255,40 +256,23 @@ def resolve_data_path(source: str) -> str:
     return source
 
 
-def prompt_completion_rows(rows: list[dict], where: str) -> list[dict]:
-    """Chat rows -> ``{"prompt": [...messages], "completion": [assistant message]}``."""
-    from persona_guard.encoding import split_conversation
-    from persona_guard.io import conversation_of
+def load_rows(source: str, split: str) -> tuple[list[Row], list[DroppedRow]]:
+    """The usable rows of ``source`` (any form in ``docs/data.md``) and the dropped ones with reasons."""
+    from persona_guard.rows import read_rows, sort_rows
 
-    converted = []
-    for index, row in enumerate(rows, 1):
-        prompt, response = split_conversation(conversation_of(row, f"{where}: row {index}"))
-        if response is None or not prompt:
-            raise PersonaGuardError(f"{where}: row {index}: needs a prompt and a final assistant answer")
-        converted.append({"prompt": prompt, "completion": [{"role": "assistant", "content": response}]})
-    return converted
+    return sort_rows(read_rows(resolve_data_path(source), split), need="answer")
 
 
-def load_rows(source: str, split: str) -> list[dict]:
-    from persona_guard.io import read_jsonl
-
-    path = resolve_data_path(source)
-    if path.endswith(".jsonl"):
-        return read_jsonl(path)
-    if path.endswith(".parquet"):
-        if not Path(path).is_file():
-            raise PersonaGuardError(f"file not found: {path}")
-        from datasets import Dataset
-
-        return Dataset.from_parquet(path).to_list()
-    if os.path.exists(path):
-        raise PersonaGuardError(f"{path}: unsupported data file; use .jsonl or .parquet")
-    from datasets import load_dataset
-
-    try:
-        return load_dataset(path, split=split).to_list()
-    except Exception as error:  # datasets raises many types for unreachable / missing ids
-        raise PersonaGuardError(f"cannot load dataset {source!r}: {str(error).splitlines()[0]}") from None
+def prompt_completion(row: Row) -> dict:
+    """TRL's conversational prompt-completion form of a row's training sample (the chosen side of
+    a preference row): ``{"prompt": [...messages], "completion": [assistant message], "tools"}``;
+    the row's ``tools`` list travels as JSON text (which ``SFTTrainer`` decodes), so that tool
+    schemas of any shape fit one table column."""
+    sample = row.training_sample
+    tools = row.data.get("tools")
+    return {"prompt": [dict(m) for m in sample.prompt],
+            "completion": [{"role": "assistant", "content": sample.response}],
+            "tools": json.dumps(tools) if tools is not None else None}
 
 
 #: column holding each training row's 1-based row in its data file, so screen-then-train can name
@@ -297,15 +281,24 @@ SOURCE_ROW = "source_row"
 
 
 def load_sft_dataset(source: str, split: str = "train", max_rows: int | None = None, seed: int = 0):
-    """Prompt/completion rows of ``source`` plus :data:`SOURCE_ROW`; a seeded sample of
-    ``max_rows`` rows when set."""
+    """``(dataset, dropped)``: prompt/completion rows of ``source`` plus :data:`SOURCE_ROW` (a
+    seeded sample of ``max_rows`` rows when set), and the rows that could not be used, with reasons.
+    Raises when no row is usable."""
     from datasets import Dataset
 
-    rows = prompt_completion_rows(load_rows(source, split), source)
+    rows, dropped = load_rows(source, split)
     if not rows:
-        raise PersonaGuardError(f"{source}: no rows")
-    dataset = Dataset.from_list([{**row, SOURCE_ROW: number} for number, row in enumerate(rows, 1)])
+        reasons = "; ".join(f"{count} x {reason}" for reason, count in reason_counts(dropped).items())
+        raise PersonaGuardError(f"{source}: no usable rows" + (f" ({reasons})" if reasons else ""))
+    records = [{**prompt_completion(row), SOURCE_ROW: row.row_number} for row in rows]
+    try:
+        dataset = Dataset.from_list(records)
+    except (TypeError, ValueError) as error:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError / TypeError
+        raise PersonaGuardError(f"{source}: the rows' messages do not fit one table (a field holds values of "
+                                f"different types across rows: {str(error).splitlines()[0]})") from None
+    if all(tools is None for tools in dataset["tools"]):
+        dataset = dataset.remove_columns("tools")
     if max_rows is not None and max_rows < len(dataset):
         print(f"persona-guard: using {max_rows} of {len(dataset)} rows of {source} (data.max_rows)")
         dataset = dataset.shuffle(seed=seed).select(range(max_rows))
-    return dataset
+    return dataset, dropped

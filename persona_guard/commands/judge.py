@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from persona_guard.commands.extract import add_judge_arguments, judge_from_args
-from persona_guard.encoding import split_conversation
 from persona_guard.errors import PersonaGuardError
-from persona_guard.io import conversation_of, read_jsonl, write_jsonl
+from persona_guard.io import write_jsonl
 from persona_guard.judges import OfflineJudge, offline_heldout_report
+from persona_guard.rows import last_user_turn, read_rows, strict_rows
 from persona_guard.traits import bundled_trait_names, load_trait
 
 
@@ -25,20 +25,15 @@ def report(traits: list[str]) -> int:
 
 
 def score_file(args) -> int:
+    """One output line per answer: a preference row gives two, each with its ``side``."""
     trait = load_trait(args.trait)
-    rows = read_jsonl(args.input)
-    items = []
-    for index, row in enumerate(rows):
-        where = f"{args.input}:{index + 1}"
-        prompt, answer = split_conversation(conversation_of(row, where))
-        questions = [m["content"] for m in prompt if m["role"] == "user"]
-        if answer is None or not questions:
-            raise PersonaGuardError(f"{where}: needs a user question and a final assistant answer")
-        items.append((questions[-1], answer))
-    scores = judge_from_args(args).score(trait, items)
+    rows = strict_rows(read_rows(args.input), need="answer")
+    samples = [(row, sample) for row in rows for sample in row.samples]
+    scores = judge_from_args(args).score(trait, [(last_user_turn(s.prompt), s.response) for _, s in samples])
     out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
-    write_jsonl(out, [{**row, "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}
-                      for row, s in zip(rows, scores)])
+    write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
+                       "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}
+                      for (row, sample), s in zip(samples, scores)])
     unscored = sum(s.trait is None for s in scores)
     print(f"judged {len(scores)} answers for {trait.name} -> {out}" + (f" ({unscored} without a trait score)"
                                                                        if unscored else ""))
@@ -57,7 +52,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("judge", help="judge answers for a trait; --report: offline judge accuracy")
     parser.add_argument("--trait", default=None, help="trait name or file (--report: default all bundled)")
     parser.add_argument("--report", action="store_true", help="held-out accuracy of the offline judge")
-    parser.add_argument("--input", default=None, help="JSONL of conversations to score")
+    parser.add_argument("--input", default=None, help="rows to score (JSONL, Parquet, CSV; any form in docs/data.md)")
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.judged.jsonl)")
     add_judge_arguments(parser)
     parser.set_defaults(func=run)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from persona_guard.commands.common import add_model_arguments
 from persona_guard.errors import PersonaGuardError
-from persona_guard.io import conversation_of, read_jsonl, write_jsonl
+from persona_guard.io import write_jsonl
 from persona_guard.models import load_model
 from persona_guard.monitor import PersonaMonitor, Threshold
+from persona_guard.rows import read_rows, strict_rows
 from persona_guard.vectors import PersonaVector
 
 
@@ -34,29 +35,32 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
 
 
 def run(args) -> int:
-    rows = read_jsonl(args.conversations)
-    conversations = [conversation_of(row, f"{args.conversations}:{i + 1}") for i, row in enumerate(rows)]
+    rows = strict_rows(read_rows(args.conversations), need="prompt")
+    samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
                              thresholds=parse_thresholds(args.threshold), batch_size=args.batch_size,
                              layers_path=args.layers_path)
-    readings = monitor.read(conversations)
+    readings = monitor.read([sample.conversation for _, sample in samples])
     out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
-    write_jsonl(out, [{**row, "persona_monitor": reading.to_dict()} for row, reading in zip(rows, readings)])
+    write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
+                       "persona_monitor": reading.to_dict()} for (row, sample), reading in zip(samples, readings)])
     alerts = sum(bool(r.alerts) for r in readings)
     print(f"{len(readings)} conversations, {alerts} with alerts -> {out}")
-    for reading in readings:
+    for (row, sample), reading in zip(samples, readings):
         for trait, value in reading.traits.items():
             if value.alert:
-                print(f"  ALERT row {reading.index + 1} {trait}: {value.alert_reason}")
+                side = f" ({sample.side})" if sample.side else ""
+                print(f"  ALERT row {row.row_number}{side} {trait}: {value.alert_reason}")
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("monitor", help="project conversations onto persona vectors, alert on thresholds")
-    parser.add_argument("conversations", help="JSONL rows with 'messages' or 'prompt'[/'response']")
+    parser.add_argument("conversations", help="rows to read (JSONL, Parquet, CSV; any form in docs/data.md; "
+                        "a prompt without an answer gets prompt_last only)")
     parser.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     add_model_arguments(parser)
     parser.add_argument("--layer", type=int, default=None, help="override every vector's default layer")

@@ -40,7 +40,7 @@ def run(args) -> int:
     from persona_guard.models import load_model
     from persona_guard.vectors import PersonaVector
     from persona_guard.screening.base_answers import BaseAnswerSettings
-    from persona_guard.screening.data import read_rows
+    from persona_guard.rows import read_rows
     from persona_guard.screening.policy import FlagPolicy
     from persona_guard.screening.report import baseline_scores, compare_methods, labels_of, log_to_wandb, write_outputs
     from persona_guard.screening.scorer import Screener, ScreeningConfig, current_processes
@@ -104,8 +104,8 @@ def register(subparsers) -> None:
         description="Score each (prompt, response) by projection difference: the response's projection on "
                     "the persona vector minus that of the base model's own answer. Writes scored.jsonl, "
                     "filtered.jsonl, skipped.jsonl, summary.json and report.md/.html to --out.")
-    parser.add_argument("data", help="JSONL, Parquet, CSV or a saved datasets dir; rows in 'messages', "
-                                     "'prompt'/'completion' or 'prompt'/'response' form")
+    parser.add_argument("data", help="JSONL, Parquet, CSV, a saved datasets dir or a hub dataset id; rows in "
+                                     "any form of docs/data.md (messages, prompt/completion, preference ...)")
     parser.add_argument("--vector", action="append", required=True, help="vector file (repeatable: one per trait)")
     parser.add_argument("--out", required=True, help="output directory (shards are checkpointed there)")
     add_model_arguments(parser)
