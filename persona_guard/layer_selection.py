@@ -78,8 +78,8 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     """Steer at each layer x coef, judge, choose; write CSV + Markdown tables and a heat map."""
     vector.check_model(model)
     for layer in config.layers:
-        if not 1 <= layer <= vector.num_layers:
-            raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 1..{vector.num_layers}")
+        if not 0 <= layer <= vector.num_layers:
+            raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 0..{vector.num_layers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     questions = list(trait.eval_questions[:config.questions])

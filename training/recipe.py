@@ -100,7 +100,7 @@ class SteeringSettings:
     layers: tuple[int, ...] | int | None = None  # default: the vector's default layer
     coef: float = 5.0
     operator: str = "add"
-    positions: str = "all"  # or "response": only tokens with loss (labels != -100)
+    positions: str = "all"  # or "response": tokens with loss (labels != -100) and the position predicting the first
     multi_layer: str = "incremental"
     schedule: str = "constant"
     warmup_steps: int = 0
