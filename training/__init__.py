@@ -3,15 +3,15 @@ YAML recipes and the evaluation that compares training arms."""
 
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.steering_callback import (
-    CoefficientSchedule,
     PreventativeSteeringCallback,
+    SteeringSettings,
     incremental_directions,
     train_with_cleanup,
 )
 
 __all__ = [
-    "CoefficientSchedule",
     "PreventativeSteeringCallback",
+    "SteeringSettings",
     "TraitDriftCallback",
     "incremental_directions",
     "train_with_cleanup",

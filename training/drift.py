@@ -23,6 +23,7 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.projection import Projector
 from persona_guard.vectors import PersonaVector
 
 
@@ -50,7 +51,8 @@ class TraitDriftCallback(TrainerCallback):
             raise PersonaGuardError("TraitDriftCallback needs at least one probe question")
         if every_steps < 1:
             raise PersonaGuardError(f"every_steps must be >= 1, got {every_steps}")
-        self.vectors = {name: (vector, vector.resolve_layer(layer)) for name, (vector, layer) in vectors.items()}
+        self.projector = Projector.of({name: vector for name, (vector, _) in vectors.items()},
+                                      {name: layer for name, (_, layer) in vectors.items() if layer is not None})
         prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.prompts = [[*prefix, {"role": "user", "content": q}] for q in questions]
         self.every_steps = every_steps
@@ -70,7 +72,6 @@ class TraitDriftCallback(TrainerCallback):
     @torch.no_grad()
     def measure(self, model: nn.Module, tokenizer) -> dict[str, float]:
         """Mean projections of the probe set, e.g. ``{"trait/evil/prompt_last": 3.1}``."""
-        layers = sorted({layer for _, layer in self.vectors.values()})
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         samples = [encode_chat(tokenizer, prompt) for prompt in self.prompts]
         reductions = {"prompt_last": samples}
@@ -81,11 +82,10 @@ class TraitDriftCallback(TrainerCallback):
             reductions["response_mean"] = answered
         metrics: dict[str, float] = {}
         for reduction, encoded in reductions.items():
-            hidden = capture_activations(model, encoded, layers, (reduction,), pad_token_id=pad_id,
-                                         batch_size=self.batch_size, progress=False,
+            hidden = capture_activations(model, encoded, self.projector.capture_layers, (reduction,),
+                                         pad_token_id=pad_id, batch_size=self.batch_size, progress=False,
                                          layers_path=self.layers_path)[reduction]
-            for name, (vector, layer) in self.vectors.items():
-                projection = vector.project(hidden[:, layers.index(layer)], layer)
+            for name, projection in self.projector.project(hidden).items():
                 metrics[f"trait/{name}/{reduction}"] = round(float(projection.mean()), 4)
         return metrics
 
