@@ -30,10 +30,10 @@ class EncodedSample:
 def split_conversation(messages: Sequence[Message]) -> tuple[list[dict], str | None]:
     """Split a conversation into (prompt messages, response): the last assistant turn, if it ends
     the conversation, is the response; everything before it is the prompt."""
-    messages = [dict(m) for m in messages]
-    if messages and messages[-1].get("role") == "assistant":
-        return messages[:-1], messages[-1].get("content", "")
-    return messages, None
+    turns = [dict(m) for m in messages]
+    if turns and turns[-1].get("role") == "assistant":
+        return turns[:-1], turns[-1].get("content", "")
+    return turns, None
 
 
 def render_prompt(tokenizer, prompt_messages: Sequence[Message]) -> str:

@@ -83,7 +83,8 @@ def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
     assert sum("converting" in err for _, err in outputs) == 1
     model_dir = tmp_path / "models" / "smollm2-135m"
     assert "quantization_config" not in (model_dir / "config.json").read_text()
-    assert [p.name for p in tmp_path.joinpath("models").iterdir() if not p.name.startswith(".smollm2-135m.lock")] == ["smollm2-135m"]
+    entries = [p.name for p in tmp_path.joinpath("models").iterdir() if not p.name.startswith(".smollm2-135m.lock")]
+    assert entries == ["smollm2-135m"]
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     third = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "converting" not in third.stderr

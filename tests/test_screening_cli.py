@@ -189,7 +189,8 @@ def free_port() -> int:
 
 def test_accelerate_two_processes_match_one_process(workspace, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "persona_guard.cli", *screen_args(workspace, one, tmp_path / "c1.sqlite")],
+    single = subprocess.run([sys.executable, "-m", "persona_guard.cli",
+                             *screen_args(workspace, one, tmp_path / "c1.sqlite")],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",

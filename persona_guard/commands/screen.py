@@ -38,12 +38,12 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 
 def run(args) -> int:
     from persona_guard.models import load_model
-    from persona_guard.vectors import PersonaVector
     from persona_guard.screening.base_answers import BaseAnswerSettings
     from persona_guard.screening.data import read_rows
     from persona_guard.screening.policy import FlagPolicy
     from persona_guard.screening.report import baseline_scores, compare_methods, labels_of, log_to_wandb, write_outputs
     from persona_guard.screening.scorer import Screener, ScreeningConfig, current_processes
+    from persona_guard.vectors import PersonaVector
 
     if args.percentile is not None and args.reference is None:
         raise PersonaGuardError("--percentile calibrates on a reference set: add --reference BENIGN.jsonl")
