@@ -89,7 +89,10 @@ def describe(annotation: Any) -> str:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "one of " + ", ".join(repr(member.value) for member in annotation)
     if origin in (tuple, list):
-        return f"a list of {describe(args[0])}" if args else "a list"
+        inner = describe(args[0]) if args else ""
+        if not inner.startswith(("a ", "an ")) or " or " in inner:
+            return "a list"
+        return "a list of " + inner.split(" ", 1)[1] + "s"
     if origin is dict or annotation is dict:
         return "a mapping"
     if dataclasses.is_dataclass(annotation):
@@ -216,6 +219,51 @@ def to_mapping(instance: Any) -> dict[str, Any]:
     return {name: plain(getattr(instance, name)) for name in settable_fields(type(instance))}
 
 
+def add_arguments(parser: Any, cls: type, flags: Mapping[str, str], helps: Mapping[str, str] | None = None) -> None:
+    """One command-line flag per field of ``cls`` named in ``flags`` (field -> ``--flag``), with the
+    field's default, choices (``Literal``) and a ``type`` that converts the text and checks it with
+    :func:`check_value`, so a bad value is argparse's one-line error naming the flag. Read the values
+    back with :func:`values_from_args`."""
+    hints = _hints(cls)
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    for name, flag in flags.items():
+        item, annotation = fields[name], hints[name]
+        default = item.default if item.default is not dataclasses.MISSING else None
+        text = (helps or {}).get(name, "")
+        literal = [m for m in _members(annotation) if typing.get_origin(m) is typing.Literal]
+        if literal:
+            parser.add_argument(flag, choices=typing.get_args(literal[0]), default=default,
+                                help=f"{text} (default {default})".strip())
+        else:
+            parser.add_argument(flag, type=_flag_type(name, annotation, item.metadata), default=default,
+                                help=f"{text} ({describe(annotation)}, default {default})".strip())
+
+
+def _flag_type(name: str, annotation: Any, limits: Mapping[str, float]) -> Any:
+    import argparse
+
+    kinds = [m for m in _members(annotation) if m in (int, float)]
+    kind = kinds[0] if kinds else str
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+            check_value(name, annotation, value, limits)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {describe(annotation)}, got {text!r}") from None
+        except FieldError as error:
+            raise argparse.ArgumentTypeError(error.message) from None
+        return value
+
+    convert.__name__ = describe(annotation)
+    return convert
+
+
+def values_from_args(args: Any, flags: Mapping[str, str]) -> dict[str, Any]:
+    """``{field: value}`` of the flags :func:`add_arguments` added (argparse's ``dest`` of each flag)."""
+    return {name: getattr(args, flag.lstrip("-").replace("-", "_")) for name, flag in flags.items()}
+
+
 def field_lines(cls: type, prefix: str) -> list[str]:
     """``--prefix.key`` (type, default) for each settable field, nested sections expanded: for ``--help``."""
     hints = _hints(cls)
@@ -227,5 +275,7 @@ def field_lines(cls: type, prefix: str) -> list[str]:
             continue
         default = item.default if item.default is not dataclasses.MISSING else (
             item.default_factory() if item.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"--{prefix}.{name}: {describe(hints[name])} (default {default!r})")
+        limits = "".join(f", {_COMPARISONS[key][1]} {bound:g}" for key, bound in item.metadata.items()
+                         if key in _COMPARISONS)
+        lines.append(f"--{prefix}.{name}: {describe(hints[name])}{limits} (default {default!r})")
     return lines

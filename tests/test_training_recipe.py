@@ -290,7 +290,7 @@ def test_bad_recipe_values_fail_before_anything_is_created(tiny_setup, change, k
     (["--screening.vectors=[v.safetensors]", "--screening.checkpoint_dir=x"],
      "screening: unknown field(s) checkpoint_dir"),
     (["--steering.operator=subtract"], "steering.operator: expected one of 'add', 'ablate', got 'subtract'"),
-    (["--steering.layers=[1, two]"], "steering.layers: expected a list of an integer or an integer or null"),
+    (["--steering.layers=[1, two]"], "steering.layers: expected a list of integers or an integer or null"),
     (["--peft.lora_dropout=1"], "peft.lora_dropout: must be < 1, got 1"),
     (["--drift.every_steps=0"], "drift.every_steps: must be >= 1, got 0"),
     (["--model.dtype=float8"], "model.dtype: expected one of 'auto', 'float32', 'bfloat16', 'float16' or null"),
@@ -312,3 +312,16 @@ def test_resolved_recipe_reads_back_equal(tiny_setup):
     again = recipe_from_dict(yaml.safe_load(yaml.safe_dump(recipe.to_dict())), "r.yaml")
     assert again == recipe
     assert recipe.to_dict()["steering"]["layers"] == [1, 2] and recipe.to_dict()["screening"]["mode"] == "exact"
+
+
+def test_train_keys_lists_the_schema_from_the_library_dataclasses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--keys"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "--steering.coef: a finite number (default 5.0)" in lines
+    assert "--steering.layers: a list of integers or an integer or null, >= 0 (default None)" in lines
+    assert "--peft.r: an integer, >= 1 (default 32)" in lines
+    assert "--screening.policy.top_percent: a finite number or null (default None)" in lines
+    assert "--screening.base_answers.max_new_tokens: an integer, >= 1 (default 128)" in lines
+    assert not any("checkpoint_dir" in line for line in lines)  # set by the library, not by recipes
