@@ -160,7 +160,7 @@ def train_arm(config: DemoConfig, out: Path, name: str, data: str, vector_path: 
     from persona_guard.training.builder import build_training_run
     from persona_guard.training.recipe import (
         DataSettings,
-        DriftSettings,
+        DriftSection,
         ModelSettings,
         PeftSettings,
         Recipe,
@@ -173,8 +173,8 @@ def train_arm(config: DemoConfig, out: Path, name: str, data: str, vector_path: 
         path=f"demo arm {name}", model=ModelSettings(name_or_path=config.model),
         data=DataSettings(train=f"bundled:{data}", max_rows=config.train_rows, seed=config.seed),
         peft=PeftSettings(r=config.lora_r, lora_alpha=2 * config.lora_r),
-        drift=DriftSettings(vectors={config.trait: vector_path}, trait=config.trait, max_questions=10,
-                            every_steps=config.drift_every),
+        drift=DriftSection(vectors={config.trait: vector_path}, trait=config.trait, max_questions=10,
+                           every_steps=config.drift_every),
         steering=SteeringSection(vector=vector_path, coef=config.prevent_coef) if prevent else None,
         training={"output_dir": str(output_dir), "num_train_epochs": config.epochs,
                   "per_device_train_batch_size": config.train_batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,9 +29,15 @@ print("imports ok")
 def test_wheel_in_fresh_venv_imports_public_api_beside_a_users_training_package(tmp_path):
     # no network: build without isolation, with the setuptools of the dependencies' environment first
     deps = str(Path(torch.__file__).resolve().parents[1])
+    # build from a copy of the sources setuptools reads, so the checkout gets no build/ folder
+    source = tmp_path / "source"
+    for folder in ("persona_guard", "screening", "training"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-w", str(dist), str(REPO)], env={**os.environ, "PYTHONPATH": deps},
+                            "-w", str(dist), str(source)], env={**os.environ, "PYTHONPATH": deps},
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout[-3000:]
     wheel = next(dist.glob("persona_guard-*.whl"))

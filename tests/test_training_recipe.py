@@ -322,6 +322,6 @@ def test_train_keys_lists_the_schema_from_the_library_dataclasses(capsys):
     assert "--steering.coef: a finite number (default 5.0)" in lines
     assert "--steering.layers: a list of integers or an integer or null, >= 0 (default None)" in lines
     assert "--peft.r: an integer, >= 1 (default 32)" in lines
-    assert "--screening.policy.top_percent: a finite number or null (default None)" in lines
+    assert "--screening.policy.top_percent: a finite number or null, >= 0, <= 100 (default None)" in lines
     assert "--screening.base_answers.max_new_tokens: an integer, >= 1 (default 128)" in lines
     assert not any("checkpoint_dir" in line for line in lines)  # set by the library, not by recipes

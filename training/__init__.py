@@ -1,7 +1,7 @@
 """Fine-tuning with persona vectors: preventative steering and trait-drift monitoring callbacks,
 YAML recipes and the evaluation that compares training arms."""
 
-from persona_guard.training.drift import TraitDriftCallback
+from persona_guard.training.drift import ProbeSettings, TraitDriftCallback
 from persona_guard.training.steering_callback import (
     PreventativeSteeringCallback,
     SteeringSettings,
@@ -11,6 +11,7 @@ from persona_guard.training.steering_callback import (
 
 __all__ = [
     "PreventativeSteeringCallback",
+    "ProbeSettings",
     "SteeringSettings",
     "TraitDriftCallback",
     "incremental_directions",

@@ -63,8 +63,7 @@ def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
         questions = list(load_trait(settings.trait).eval_questions)
     if settings.max_questions is not None:
         questions = questions[:settings.max_questions]
-    return TraitDriftCallback(vectors, questions, every_steps=settings.every_steps,
-                              answer_tokens=settings.answer_tokens, layers_path=recipe.model.layers_path)
+    return TraitDriftCallback(vectors, questions, settings, layers_path=recipe.model.layers_path)
 
 
 def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
@@ -179,6 +178,7 @@ def write_rank_report(run: TrainingRun) -> Path | None:
         return None
     rank = int(os.environ.get("RANK", "0"))
     path = Path(run.trainer.args.output_dir) / f"steering_rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # created only once training has run
     path.write_text(json.dumps({"rank": rank, "steered_block_forwards": run.steering.steered_calls,
                                 "layers": run.steering.layers, "operator": run.steering.operator,
                                 "coef": run.steering.coef, "schedule": run.steering.settings.schedule},

@@ -25,6 +25,7 @@ import yaml
 from persona_guard.errors import PersonaGuardError
 from persona_guard.schema import FieldError, bounds, check, check_value, from_mapping, to_mapping
 from persona_guard.screening.scorer import ScreeningConfig
+from persona_guard.training.drift import ProbeSettings
 from persona_guard.training.steering_callback import SteeringSettings
 
 
@@ -121,21 +122,20 @@ class SteeringSection(SteeringSettings):
 
 
 @dataclass(frozen=True)
-class DriftSettings:
-    """Trait-drift probes: ``vectors`` maps metric names to vector files; probe questions are the
-    trait's eval questions (``trait``) or an explicit ``questions`` list. ``layer`` overrides the
-    vectors' default layers."""
+class DriftSection(ProbeSettings):
+    """Trait-drift probes: :class:`~persona_guard.training.drift.ProbeSettings` plus ``vectors`` (metric
+    names -> vector files) and the probe questions: the trait's eval questions (``trait``) or an
+    explicit ``questions`` list, the first ``max_questions`` of them. ``layer`` overrides the vectors'
+    default layers."""
 
     vectors: dict[str, str] = field(default_factory=dict)
     layer: int | None = field(default=None, metadata=bounds(ge=0))
     trait: str | None = None
     questions: tuple[str, ...] = ()
-    every_steps: int = field(default=50, metadata=bounds(ge=1))
-    answer_tokens: int = field(default=0, metadata=bounds(ge=0))
     max_questions: int | None = field(default=None, metadata=bounds(ge=1))
 
     def __post_init__(self) -> None:
-        check(self)
+        super().__post_init__()
         if not self.vectors:
             raise FieldError("vectors", "required (name: vector path)")
         if not self.trait and not self.questions:
@@ -167,7 +167,7 @@ TRAINING_BOUNDS: dict[str, dict[str, float]] = {
 #: recipe section -> its dataclass; ``training`` is TRL's ``SFTConfig`` (checked by :func:`training_args`)
 SECTION_TYPES: dict[str, type] = {
     "model": ModelSettings, "data": DataSettings, "screening": ScreeningSection, "peft": PeftSettings,
-    "steering": SteeringSection, "drift": DriftSettings, "wandb": WandbSettings,
+    "steering": SteeringSection, "drift": DriftSection, "wandb": WandbSettings,
 }
 SECTIONS = (*SECTION_TYPES, "training")
 
@@ -181,7 +181,7 @@ class Recipe:
     screening: ScreeningSection | None = None
     peft: PeftSettings | None = None
     steering: SteeringSection | None = None
-    drift: DriftSettings | None = None
+    drift: DriftSection | None = None
     wandb: WandbSettings | None = None
 
     def to_dict(self) -> dict:
