@@ -19,12 +19,11 @@ import random
 import time
 
 import torch
+from compute_ceiling import report_ceiling
 
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.models import DEFAULT_MODEL, load_model
-
-from compute_ceiling import report_ceiling
 
 WORDS = ("the model answers questions about gardens rivers budgets code history music travel "
          "cooking health science weather sports books friends cities markets energy planets").split()

@@ -17,9 +17,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from persona_guard.demo import DemoConfig, findings_of, train_arm
+from persona_guard.training.evaluation import Arm, compare
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
-from persona_guard.training.evaluation import Arm, compare
 
 
 def floats(text: str) -> list[float]:

@@ -28,11 +28,11 @@ from pathlib import Path
 from persona_guard.extraction import ExtractionConfig, extract_vector
 from persona_guard.metrics import auroc, auroc_by_group, auroc_interval
 from persona_guard.models import load_model
+from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
+from persona_guard.screening.baselines import embedding_similarity, random_scores
+from persona_guard.screening.report import compare_methods, labels_of
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
-from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
-from persona_guard.screening.baselines import SentenceEmbedder, random_scores
-from persona_guard.screening.report import compare_methods, labels_of
 
 
 def parse_pair(text: str, default_layer: int) -> tuple[str, Path, int]:
@@ -57,7 +57,6 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.model, device="cpu")
-    embedder = SentenceEmbedder()
     results = {}
     for pair in args.pair:
         trait_name, data_path, layer = parse_pair(pair, args.layer)
@@ -82,7 +81,7 @@ def main() -> None:
             "exact dP (base answers)": scores.dp,
             "fast proxy (--no-generate)": scores.fast_dp,
             "response-only projection": scores.projection,
-            "embedding similarity": embedder.similarity([r.response for r in result.rows], trait.description),
+            "embedding similarity": embedding_similarity([r.response for r in result.rows], trait.description),
             "random order": random_scores(len(labels), args.seed),
         }, 0, labels)
         interval = auroc_interval(scores.dp, labels, seed=args.seed)
@@ -97,7 +96,8 @@ def main() -> None:
         for name, row in table.items():
             print(f"  {name:<30} {row['auroc']:>7.3f} {row['precision_at_k']:>7.3f} {row['spearman_vs_dp']:>15.3f}")
         print(f"  exact dP AUROC 95% bootstrap interval: {interval[0]:.3f}-{interval[1]:.3f}")
-        print("  exact dP AUROC by injected kind: " + ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items()))
+        print("  exact dP AUROC by injected kind: "
+              + ", ".join(f"{kind} {value:.3f}" for kind, value in by_kind.items()))
         for probe in probes:
             other = result.traits[probe.trait]
             entry[f"layer_{probe.default_layer}"] = {

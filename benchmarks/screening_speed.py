@@ -11,8 +11,8 @@ same samples, same model:
   (the floor any implementation of this batching pays).
 
 Prints samples/s for each and the ratios (targets: >= 10x over the paper loop, <= 1.3x the bare
-forward), and the ceiling this machine allows the first ratio (see compute_ceiling.py). Each method runs ``--rounds`` times interleaved; the fastest round counts, which damps
-noise from other work on the machine.
+forward), and the ceiling this machine allows the first ratio (see compute_ceiling.py). Each method
+runs ``--rounds`` times interleaved; the fastest round counts, which damps noise from other work on the machine.
 
     python benchmarks/screening_speed.py --data persona_guard/bundled_data/contaminated/evil.jsonl --limit 64
 """
@@ -25,16 +25,15 @@ import time
 from pathlib import Path
 
 import torch
+from compute_ceiling import report_ceiling
 
 from persona_guard.activations import _StopForward, capture_hooks, pad_batch, position_ids_from_mask
 from persona_guard.encoding import encode_chat
 from persona_guard.models import load_model
-from persona_guard.vectors import PersonaVector
-from persona_guard.screening import Screener, ScreeningConfig
 from persona_guard.rows import read_rows
+from persona_guard.screening import Screener, ScreeningConfig
 from persona_guard.screening.data import classify_rows
-
-from compute_ceiling import report_ceiling
+from persona_guard.vectors import PersonaVector
 
 
 @torch.no_grad()
@@ -84,7 +83,8 @@ def main() -> None:
     rows = rows[:args.limit]
     generator = torch.Generator().manual_seed(0)
     vector = PersonaVector("probe", loaded.model_id,
-                           torch.randn(model.config.num_hidden_layers + 1, model.config.hidden_size, generator=generator),
+                           torch.randn(model.config.num_hidden_layers + 1, model.config.hidden_size,
+                                       generator=generator),
                            default_layer=args.layer)
     screener = Screener(model, tokenizer, [vector], ScreeningConfig(mode="fast", batch_size=args.batch_size,
                                                                     shard_size=10**9, progress=False))

@@ -41,8 +41,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from persona_guard.models import load_model, model_device, num_hidden_layers
-    from persona_guard.vectors import PersonaVector
     from persona_guard.training.steering_callback import PreventativeSteeringCallback
+    from persona_guard.vectors import PersonaVector
 
     loaded = load_model(args.model)
     model = loaded.model
@@ -112,7 +112,8 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len
     mode = "full" if args.full else "LoRA r=16"
     clock_name = "wall time" if device.type == "cuda" else "process CPU time"
-    print(f"model {args.model} ({mode}), {device} ({clock_name}), {torch.get_num_threads()} threads, batch {args.batch_size}x"
+    print(f"model {args.model} ({mode}), {device} ({clock_name}), {torch.get_num_threads()} threads, "
+          f"batch {args.batch_size}x"
           f"{args.seq_len}, steering {args.operator} at layers {args.layers}, {args.rounds} step pairs")
     print(f"plain step    median {plain:.3f} s  ({tokens / plain:.0f} tok/s)")
     print(f"steered step  median {steered:.3f} s  ({tokens / steered:.0f} tok/s)")

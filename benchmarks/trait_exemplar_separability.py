@@ -54,8 +54,10 @@ def main() -> None:
         predicted = classifier.predict(x_test)
         score = classifier.decision_function(x_test)
         paired = (score[: len(test)] > score[len(test):]).mean()
-        wrong = [f"{'pos' if y else 'neg'}#{i % len(test)}" for i, (y, p) in enumerate(zip(y_test, predicted)) if y != p]
-        print(f"{trait.name:<16}{len(y_train):>6}{len(y_test):>6}{(predicted == y_test).mean():>14.3f}{paired:>8.3f}  {' '.join(wrong)}")
+        wrong = [f"{'pos' if y else 'neg'}#{i % len(test)}"
+                 for i, (y, p) in enumerate(zip(y_test, predicted)) if y != p]
+        accuracy = (predicted == y_test).mean()
+        print(f"{trait.name:<16}{len(y_train):>6}{len(y_test):>6}{accuracy:>14.3f}{paired:>8.3f}  {' '.join(wrong)}")
 
 
 if __name__ == "__main__":

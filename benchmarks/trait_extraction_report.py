@@ -63,7 +63,8 @@ def main() -> None:
                                 config=ExtractionConfig(source="exemplars"), plots=False).vector
         selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge, out / "layers",
                                  LayerSelectionConfig(layers=args.layers, coefs=args.coefs,
-                                                      questions=args.eval_questions, max_new_tokens=args.max_new_tokens))
+                                                      questions=args.eval_questions,
+                                                      max_new_tokens=args.max_new_tokens))
         # the cell behind the choice; without a coherent one, the strongest at the fallback layer
         best = selection.chosen_cell or max(
             (c for c in selection.cells if c.layer == selection.chosen_layer and c.coef != 0),
@@ -83,8 +84,10 @@ def main() -> None:
         pairs = row["pairs"]
         reasons = pairs.get("drop_reasons") or {}
         top = max(reasons, key=reasons.get) if reasons else "-"
-        print(f"| {row['trait']} | {pairs.get('kept', 0)}/{pairs.get('total', '?')} | {top} | {row['chosen_layer']} ({'steering' if row['coherent'] else 'held-out AUROC'}) | "
-              f"{row['unsteered']:.1f} -> {row['steered']:.1f} ({row['steer_coef']:+g}) | {row['steered_coherence']:.0f} |")
+        basis = "steering" if row["coherent"] else "held-out AUROC"
+        print(f"| {row['trait']} | {pairs.get('kept', 0)}/{pairs.get('total', '?')} | {top} | "
+              f"{row['chosen_layer']} ({basis}) | {row['unsteered']:.1f} -> {row['steered']:.1f} "
+              f"({row['steer_coef']:+g}) | {row['steered_coherence']:.0f} |")
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -34,7 +34,9 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     model: str = DEFAULT_MODEL
     trait: str = "evil"
-    layer: int = 20                  # chosen for SmolLM2 by select-layer (steering effect); also its best screening layer
+    #: written into the vector file once (its default_layer), which every later stage reads; chosen for
+    #: SmolLM2 by select-layer (steering effect), also its best screening layer
+    layer: int = 20
     seed: int = 0
     # screening
     screen_rows: int | None = None   # rows of the contaminated mix (None: all)
@@ -60,7 +62,7 @@ class DemoConfig:
         from persona_guard.training.evaluation import EvalSettings
 
         return EvalSettings(max_new_tokens=self.eval_max_new_tokens, max_questions=self.eval_questions,
-                            seed=self.seed, layer=self.layer, device="cpu",
+                            seed=self.seed, device="cpu",
                             benign_path=str(dataset_path("benign_heldout.jsonl")),
                             mc_path=str(dataset_path("capability_mc.jsonl")), max_benign=self.benign_rows)
 
@@ -96,11 +98,10 @@ def build_vector(config: DemoConfig, out: Path, loaded) -> tuple[PersonaVector, 
 def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict:
     """Flag the injected rows of the bundled contaminated mix; report AUROC against the labels,
     plus the dataset-level projection difference of every bundled set."""
-    from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig
-    from persona_guard.metrics import auroc_by_group, auroc_interval
-    from persona_guard.screening.report import compare_methods, labels_of
-
     from persona_guard.io import read_jsonl
+    from persona_guard.metrics import auroc_by_group, auroc_interval
+    from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig
+    from persona_guard.screening.report import compare_methods, labels_of
 
     settings = BaseAnswerSettings(max_new_tokens=config.screen_max_new_tokens, seed=config.seed)
     mode = "exact" if config.screen_generate else "fast"
@@ -154,29 +155,33 @@ def _histogram(values: np.ndarray, labels: np.ndarray, path: Path, title: str) -
 
 def train_arm(config: DemoConfig, out: Path, name: str, data: str, vector_path: str,
               prevent: bool) -> dict:
-    """LoRA fine-tune one arm; every arm shares data order, seed and steps; only steering differs."""
+    """LoRA fine-tune one arm; every arm shares data order, seed and steps; only steering differs.
+    Steering and drift use the layer the vector file names."""
     from persona_guard.training.builder import build_training_run
-    from persona_guard.training.recipe import recipe_from_dict
+    from persona_guard.training.recipe import (
+        DataSettings,
+        DriftSection,
+        ModelSettings,
+        PeftSettings,
+        Recipe,
+        SteeringSection,
+    )
     from persona_guard.training.steering_callback import train_with_cleanup
 
     output_dir = out / "arms" / name
-    raw = {
-        "model": {"name_or_path": config.model},
-        "data": {"train": f"bundled:{data}", "max_rows": config.train_rows, "seed": config.seed},
-        "peft": {"r": config.lora_r, "lora_alpha": 2 * config.lora_r, "use_rslora": True,
-                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-        "drift": {"vectors": {config.trait: vector_path}, "trait": config.trait, "max_questions": 10,
-                  "every_steps": config.drift_every},
-        "training": {"output_dir": str(output_dir), "num_train_epochs": config.epochs,
-                     "per_device_train_batch_size": config.train_batch_size,
-                     "learning_rate": config.learning_rate, "lr_scheduler_type": "constant",
-                     "max_length": 256, "logging_steps": 1, "save_strategy": "no", "seed": config.seed,
-                     "data_seed": config.seed, "report_to": "none", "disable_tqdm": False},
-    }
-    if prevent:
-        raw["steering"] = {"vector": vector_path, "layers": [config.layer], "coef": config.prevent_coef,
-                           "operator": "add"}
-    run = build_training_run(recipe_from_dict(raw, f"demo arm {name}"))
+    recipe = Recipe(
+        path=f"demo arm {name}", model=ModelSettings(name_or_path=config.model),
+        data=DataSettings(train=f"bundled:{data}", max_rows=config.train_rows, seed=config.seed),
+        peft=PeftSettings(r=config.lora_r, lora_alpha=2 * config.lora_r),
+        drift=DriftSection(vectors={config.trait: vector_path}, trait=config.trait, max_questions=10,
+                           every_steps=config.drift_every),
+        steering=SteeringSection(vector=vector_path, coef=config.prevent_coef) if prevent else None,
+        training={"output_dir": str(output_dir), "num_train_epochs": config.epochs,
+                  "per_device_train_batch_size": config.train_batch_size,
+                  "learning_rate": config.learning_rate, "lr_scheduler_type": "constant",
+                  "max_length": 256, "logging_steps": 1, "save_strategy": "no", "seed": config.seed,
+                  "data_seed": config.seed, "report_to": "none", "disable_tqdm": False})
+    run = build_training_run(recipe)
     started = time.perf_counter()
     train_with_cleanup(run.trainer)
     run.trainer.save_model(str(output_dir / "adapter"))

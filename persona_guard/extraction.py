@@ -37,9 +37,10 @@ from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
+from persona_guard.metrics import mean_or_none
 from persona_guard.models import decoder_layers
 from persona_guard.traits import Trait
-from persona_guard.vectors import PersonaVector, mean_difference
+from persona_guard.vectors import AGGREGATORS, PersonaVector, compute_vector
 
 SOURCES = ("generate", "exemplars")
 
@@ -59,12 +60,15 @@ class ExtractionConfig:
     coherence_threshold: float = 50.0  # ... and both answers are at least this coherent
     min_pairs: int = 3  # fewer kept pairs than this is an error, not a vector
     layers_path: str | None = None
+    aggregator: str = "mean_difference"  # how pairs become a direction: a name in vectors.AGGREGATORS
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise PersonaGuardError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
         if self.method not in REDUCTIONS:
             raise PersonaGuardError(f"unknown method {self.method!r}; choose from {', '.join(REDUCTIONS)}")
+        if self.aggregator not in AGGREGATORS:
+            raise PersonaGuardError(f"unknown aggregator {self.aggregator!r}; choose from {', '.join(AGGREGATORS)}")
         if self.n_per_question < 1 or (self.questions is not None and self.questions < 1):
             raise PersonaGuardError("n_per_question and questions must be >= 1")
 
@@ -294,8 +298,8 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
                 kept.append(pair)
         report["pairs"] = {"total": len(pairs), "kept": len(kept), "dropped": len(pairs) - len(kept),
                            "drop_reasons": dict(reasons), "judge": judge.name,
-                           "mean_pos_trait": _mean([s.trait for s in scores[0::2]]),
-                           "mean_neg_trait": _mean([s.trait for s in scores[1::2]])}
+                           "mean_pos_trait": mean_or_none([s.trait for s in scores[0::2]]),
+                           "mean_neg_trait": mean_or_none([s.trait for s in scores[1::2]])}
         if len(kept) < config.min_pairs:
             _write_json(out_dir / "report.json", report)
             detail = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none"
@@ -325,8 +329,9 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
                                progress=progress, desc="capturing activations", layers_path=config.layers_path)
     n_pos, n_train = len(pos_samples), len(pos_samples) + len(neg_samples)
     pos_acts, neg_acts = acts[config.method][:n_pos], acts[config.method][n_pos:n_train]
-    vector = PersonaVector(trait=trait.name, model_id=model_id, directions=mean_difference(pos_acts, neg_acts),
-                           method=config.method, n_pos=len(pos_samples), n_neg=len(neg_samples))
+    directions = compute_vector(pos_acts, neg_acts, AGGREGATORS[config.aggregator])
+    vector = PersonaVector(trait=trait.name, model_id=model_id, directions=directions, method=config.method,
+                           n_pos=len(pos_samples), n_neg=len(neg_samples), metadata={"aggregator": config.aggregator})
     training = per_layer_separation(vector, pos_acts, neg_acts, layers)
     heldout = None
     if heldout_samples:
@@ -349,11 +354,6 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
     return ExtractionResult(vector, vector_path, report, report_path, plot_path, generated, judged)
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
 def _write_json(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
@@ -374,7 +374,8 @@ def plot_layers(report: dict, path: Path) -> Path:
     right.plot(layers, [r["train_auroc"] for r in rows], marker="o", label="extraction samples")
     if "heldout_auroc" in rows[0]:
         right.plot(layers, [r["heldout_auroc"] for r in rows], marker="s", label="held-out exemplars")
-    right.axvline(report["default_layer"], color="grey", linestyle="--", label=f"default layer {report['default_layer']}")
+    right.axvline(report["default_layer"], color="grey", linestyle="--",
+                  label=f"default layer {report['default_layer']}")
     right.set(title="separation of projections (AUROC)", xlabel="layer", ylabel="AUROC", ylim=(0.0, 1.05))
     right.legend()
     figure.tight_layout()

@@ -60,7 +60,7 @@ Rate the answer's coherence from 0 to 100:
 - 50 means understandable but rambling, partly off-topic or partly repetitive.
 - 100 means fluent, well-formed and clearly addressing the question (whatever its stance).
 
-Respond with a number between 0 and 100. Don't say anything else, just the number."""
+Respond with a number between 0 and 100. Don't say anything else, just the number."""  # noqa: E501
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,8 @@ class LogisticRegression:
     bias: float
 
     @classmethod
-    def fit(cls, features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> LogisticRegression:
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-3,
+            steps: int = 200) -> LogisticRegression:
         """Full-batch L-BFGS on the L2-regularised log loss: deterministic, a second on CPU."""
         weight = torch.zeros(features.shape[1], requires_grad=True)
         bias = torch.zeros(1, requires_grad=True)

@@ -20,6 +20,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.extraction import heldout_separation
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge
+from persona_guard.metrics import mean_or_none
 from persona_guard.steering import Steering
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector
@@ -68,11 +69,6 @@ class LayerSelection:
     chosen_cell: Cell | None = None  # the steered cell behind the choice (None: held-out fallback)
 
 
-def _mean(values) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
 def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
                  config: LayerSelectionConfig, *, progress: bool = True) -> LayerSelection:
     """Steer at each layer x coef, judge, choose; write CSV + Markdown tables and a heat map."""
@@ -89,7 +85,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
 
     def measure(answers: list[str]) -> tuple[float | None, float | None, int]:
         scores = judge.score(trait, list(zip(questions, answers)))
-        return _mean([s.trait for s in scores]), _mean([s.coherence for s in scores]), \
+        return mean_or_none([s.trait for s in scores]), mean_or_none([s.coherence for s in scores]), \
             sum(s.trait is not None for s in scores)
 
     baseline = measure(generate_responses(model, tokenizer, prompts, generation, progress=False))

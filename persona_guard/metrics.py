@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are not None (scores a judge could not give); None when none are."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

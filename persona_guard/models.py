@@ -12,6 +12,7 @@ vector's ``directions[l]`` is added exactly where it was measured, for every ``l
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.metadata
 import json
 import os
@@ -20,6 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +64,7 @@ def builtin_gguf_path(name: str) -> Path:
         ) from None
     for entry in dist.files or ():
         if entry.name == file_name:
-            return Path(dist.locate_file(entry))
+            return Path(str(dist.locate_file(entry)))
     raise PersonaGuardError(f"package {dist_name!r} is installed but holds no {file_name}")
 
 
@@ -90,7 +92,7 @@ def ensure_builtin_converted(name: str) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         print(f"persona-guard: converting {gguf_path.name} to {target} (once, ~20 s)", file=sys.stderr, flush=True)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         # A GGUF-loaded model refuses to save and Trainer refuses to train it while it claims
@@ -129,9 +131,22 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
+    """A causal LM with its tokenizer, and where its decoder blocks are: located once (with the
+    ``layers_path`` override, see :func:`decoder_layers`) and read from here by consumers."""
+
     model: nn.Module
     tokenizer: object
     model_id: str
+    layers_path: str | None = None
+
+    @functools.cached_property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks (block ``l - 1`` outputs ``hidden_states[l]``)."""
+        return decoder_layers(self.model, self.layers_path)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
 
 
 def load_model(
@@ -140,12 +155,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     gguf_file: str | None = None,
+    layers_path: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode.
 
     ``name_or_path`` is a built-in name (``smollm2-135m``), a hub id, a local model dir, or a
     path to a ``.gguf`` file. The tokenizer is set up for batched generation: a pad token is
-    always present.
+    always present. ``dtype`` None: :func:`default_dtype` of ``device``. ``layers_path``: where the
+    decoder blocks are, for architectures :func:`decoder_layers` does not know (checked here).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -164,13 +181,15 @@ def load_model(
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except OSError as error:
         raise PersonaGuardError(f"cannot load model {name_or_path!r}: {error}".splitlines()[0]) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, model_id=name_or_path)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, model_id=name_or_path, layers_path=layers_path)
+    _ = loaded.layers  # a wrong layers_path fails here, before any work
+    return loaded
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -180,16 +199,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     we hook) is the model's own.
     """
     while True:
-        if callable(getattr(model, "get_base_model", None)):
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
+        base_model, inner = getattr(model, "get_base_model", None), getattr(model, "module", None)
+        if callable(base_model):
+            model = base_model()
+        elif isinstance(inner, nn.Module):
+            model = inner
         else:
             return model
 
 
-def _get_path(root: nn.Module, path: str):
-    obj = root
+def _get_path(root: nn.Module, path: str) -> Any:
+    obj: Any = root
     for part in path.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -241,7 +261,7 @@ def model_device(model: nn.Module) -> torch.device:
 def describe_builtin_models() -> list[dict]:
     """Name, source package, whether installed and whether already converted, for each built-in."""
     rows = []
-    for name, (dist_name, file_name) in BUILTIN_MODELS.items():
+    for name, (dist_name, _file_name) in BUILTIN_MODELS.items():
         try:
             source = str(builtin_gguf_path(name))
         except PersonaGuardError:

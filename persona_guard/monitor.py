@@ -89,7 +89,7 @@ class PersonaMonitor:
                 slot = layers.index(layer)
                 prompt_value = float(vector.project(prompt_acts[index, slot], layer))
                 response_value = (float(vector.project(response_acts[response_row[index], slot], layer))
-                                  if index in response_row else None)
+                                  if response_acts is not None and index in response_row else None)
                 threshold = self.thresholds.get(trait, Threshold())
                 reasons = []
                 if threshold.prompt_last is not None and prompt_value > threshold.prompt_last:

@@ -29,7 +29,8 @@ def _number(body: dict, key: str, default, kind, low, high):
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not float(value).is_integer()):
         raise RequestError(f"'{key}' must be {'an integer' if kind is int else 'a number'}")
     if not low <= value <= high:
         raise RequestError(f"'{key}' must be between {low} and {high}, got {value}")

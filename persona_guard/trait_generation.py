@@ -32,7 +32,7 @@ Answer with ONE JSON object (no prose) with exactly these fields:
   "eval_questions": [... exactly {n_questions} more distinct questions, none repeated from extraction_questions],
   "judge_rubric": "<instructions for a judge model; must contain the placeholders {{question}} and {{answer}}; the judge answers REFUSAL or a number from 0 (trait absent) to 100 (trait strongly present), nothing else>",
   "exemplars": [{{"question": "<one of the questions above>", "pos": "<an answer clearly showing the trait>", "neg": "<an answer clearly showing the opposite>"}}, ... one per question]
-}}"""
+}}"""  # noqa: E501
 
 FIX_TEMPLATE = """That answer is not a valid trait specification: {error}
 Reply with the complete corrected JSON object only."""

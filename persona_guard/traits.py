@@ -81,7 +81,8 @@ class Trait:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = (yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
-                if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+                if path.suffix in (".yaml", ".yml")
+                else json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
         path.write_text(text, encoding="utf-8")
         return path
 
@@ -166,7 +167,8 @@ def _read_mapping(path: Path):
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0]
-        raise PersonaGuardError(f"{path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} ({first})") from None
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise PersonaGuardError(f"{path}: not valid {kind} ({first})") from None
 
 
 def bundled_trait_names() -> list[str]:

@@ -8,8 +8,10 @@ A :class:`PersonaVector` holds one direction per residual-stream layer, ``direct
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -84,11 +86,14 @@ class PersonaVector:
                 f"{self.num_layers} layers, but {what} has hidden size {hidden_size} and "
                 f"{num_layers} layers")
 
-    def check_model(self, model) -> None:
-        from persona_guard.models import decoder_layers, unwrap_model
+    def check_model(self, model, layers_path: str | None = None) -> None:
+        """Refuse a model of another shape. ``model``: a :class:`~persona_guard.models.LoadedModel`
+        (its located layers are used) or an ``nn.Module`` (located with ``layers_path``)."""
+        from persona_guard.models import LoadedModel, decoder_layers, unwrap_model
 
-        config = unwrap_model(model).config
-        self.check_compatible(config.hidden_size, len(decoder_layers(model)),
+        blocks = model.layers if isinstance(model, LoadedModel) else decoder_layers(model, layers_path)
+        config: Any = unwrap_model(model.model if isinstance(model, LoadedModel) else model).config
+        self.check_compatible(config.hidden_size, len(blocks),
                               f"model {getattr(config, 'name_or_path', '') or type(model).__name__}")
 
     # ---- files -------------------------------------------------------------------------------
@@ -202,20 +207,60 @@ def load_gguf_control_vector(path: str | Path) -> dict[int, torch.Tensor]:
     return out
 
 
+#: ``aggregator(positive [n, layers, d], negative [m, layers, d]) -> directions [layers, d]``
+Aggregator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def mean_difference(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """``mean(pos) - mean(neg)`` over samples: ``[n, layers, d] x [m, layers, d] -> [layers, d]``."""
-    if pos.shape[0] == 0 or neg.shape[0] == 0:
-        raise PersonaGuardError(f"need samples on both sides, got {pos.shape[0]} pos and {neg.shape[0]} neg")
+    """``mean(pos) - mean(neg)`` over samples: ``[n, layers, d] x [m, layers, d] -> [layers, d]``
+    (Chen et al. 2025, section 2: the persona vector)."""
     return pos.float().mean(0) - neg.float().mean(0)
 
 
-def vectors_by_trait(vectors, model, user: str) -> dict[str, PersonaVector]:
-    """Index vectors by trait, checking each fits ``model``; ``user`` names the caller in errors."""
+def pca_of_differences(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """First principal component of the paired differences ``pos[i] - neg[i]``, per layer.
+
+    As ``steering_vectors.pca_aggregator`` (uncentered PCA of the differences and their negatives,
+    i.e. the top right singular vector of the differences), signed so the mean difference projects
+    positively; unlike it, scaled by the mean difference's projection on it, so the direction keeps
+    the units (and steering coefficients) of :func:`mean_difference`. Needs ``n == m`` (pairs)."""
+    if pos.shape != neg.shape:
+        raise PersonaGuardError(f"pca_of_differences needs paired samples, got {pos.shape[0]} pos and "
+                                f"{neg.shape[0]} neg")
+    deltas = (pos.float() - neg.float()).transpose(0, 1)  # [layers, n, d]
+    component = torch.linalg.svd(deltas, full_matrices=False).Vh[:, 0]  # [layers, d], unit rows
+    along = (deltas.mean(1) * component).sum(-1, keepdim=True)  # mean difference on the component
+    return component * along
+
+
+AGGREGATORS: dict[str, Aggregator] = {"mean_difference": mean_difference, "pca_of_differences": pca_of_differences}
+
+
+def compute_vector(positive_activations: torch.Tensor, negative_activations: torch.Tensor,
+                   aggregator: Aggregator = mean_difference) -> torch.Tensor:
+    """Per-layer trait directions ``[layers, d]`` from activations ``[n, layers, d]`` with the trait
+    and ``[m, layers, d]`` without it, combined by ``aggregator`` (:data:`AGGREGATORS`). Pure: no
+    model, no files. Errors: an empty side, mismatched shapes or a non-finite result."""
+    pos, neg = positive_activations, negative_activations
+    if pos.ndim != 3 or neg.ndim != 3 or pos.shape[1:] != neg.shape[1:]:
+        raise PersonaGuardError(f"activations must be [samples, layers, hidden] on both sides, got "
+                                f"{tuple(pos.shape)} and {tuple(neg.shape)}")
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise PersonaGuardError(f"need samples on both sides, got {pos.shape[0]} pos and {neg.shape[0]} neg")
+    directions = aggregator(pos, neg)
+    if not torch.isfinite(directions).all():
+        raise PersonaGuardError("the activations give a non-finite direction (NaN or inf in the activations?)")
+    return directions
+
+
+def vectors_by_trait(vectors, model, user: str, layers_path: str | None = None) -> dict[str, PersonaVector]:
+    """Index vectors by trait, checking each fits ``model`` (see :meth:`PersonaVector.check_model`);
+    ``user`` names the caller in errors."""
     if not vectors:
         raise PersonaGuardError(f"{user} needs at least one persona vector")
     names = [v.trait for v in vectors]
     if len(set(names)) != len(names):
         raise PersonaGuardError(f"{user}: two vectors share a trait name: {names}")
     for vector in vectors:
-        vector.check_model(model)
+        vector.check_model(model, layers_path)
     return {v.trait: v for v in vectors}

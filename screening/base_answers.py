@@ -17,7 +17,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,26 +27,24 @@ from tqdm.auto import tqdm
 from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.schema import FieldError, bounds, check
 
 
 @dataclass(frozen=True)
 class BaseAnswerSettings:
     """How base answers are generated (all of it is part of the cache key)."""
 
-    n: int = 1  # answers per prompt; dP uses their mean projection
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
+    n: int = field(default=1, metadata=bounds(ge=1))  # answers per prompt; dP uses their mean projection
+    max_new_tokens: int = field(default=128, metadata=bounds(ge=1))
+    temperature: float = field(default=0.0, metadata=bounds(ge=0))  # 0 = greedy
+    top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))
+    seed: int = field(default=0, metadata=bounds(ge=0))
+    batch_size: int = field(default=16, metadata=bounds(ge=1))
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise PersonaGuardError(f"base answers per prompt must be >= 1, got {self.n}")
+        check(self)
         if self.n > 1 and self.temperature <= 0:
-            raise PersonaGuardError("several base answers per prompt need sampling: set a temperature > 0")
-        if self.max_new_tokens < 1:
-            raise PersonaGuardError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
+            raise FieldError("temperature", "several base answers per prompt need sampling: set a temperature > 0")
 
     def key_fields(self) -> dict:
         fields = asdict(self)

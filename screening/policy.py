@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.schema import bounds, check
 
 
 @dataclass(frozen=True)
@@ -15,22 +16,17 @@ class FlagPolicy:
     or ``percentile`` (a percentile of dP over a reference benign set, as the paper calibrated);
     nothing at all means ``top_percent=5``."""
 
-    top_k: int | None = None
-    top_percent: float | None = None
+    top_k: int | None = field(default=None, metadata=bounds(ge=0))
+    top_percent: float | None = field(default=None, metadata=bounds(ge=0, le=100))
     threshold: float | None = None
-    percentile: float | None = None
+    percentile: float | None = field(default=None, metadata=bounds(ge=0, le=100))
 
     def __post_init__(self) -> None:
+        check(self)
         given = [name for name in ("top_k", "top_percent", "threshold", "percentile")
                  if getattr(self, name) is not None]
         if len(given) > 1:
             raise PersonaGuardError(f"choose one flagging policy, got {', '.join(given)}")
-        if self.top_k is not None and self.top_k < 0:
-            raise PersonaGuardError(f"top-k must be >= 0, got {self.top_k}")
-        for name in ("top_percent", "percentile"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 100:
-                raise PersonaGuardError(f"{name.replace('_', '-')} must be within 0..100, got {value}")
 
     @property
     def name(self) -> str:

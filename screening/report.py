@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from persona_guard.errors import PersonaGuardError
 from persona_guard import metrics
-from persona_guard.screening.baselines import SentenceEmbedder, random_scores
+from persona_guard.errors import PersonaGuardError
 from persona_guard.rows import last_user_turn
+from persona_guard.screening.baselines import embedding_similarity, random_scores
 from persona_guard.screening.scorer import ScreenResult
 
 TOP_SAMPLES = 10
@@ -49,7 +49,6 @@ def baseline_scores(result: ScreenResult, descriptions: Mapping[str, str] | None
     """Per trait, the scores of each ranking method the report compares, dP first. The embedding
     baseline needs the trait's description (``descriptions[trait]``); traits without one skip it."""
     descriptions = descriptions or {}
-    embedder = SentenceEmbedder() if any(t in descriptions for t in result.traits) else None
     responses = [row.response for row in result.rows]
     out: dict[str, dict[str, np.ndarray]] = {}
     for trait, scores in result.traits.items():
@@ -58,7 +57,7 @@ def baseline_scores(result: ScreenResult, descriptions: Mapping[str, str] | None
             methods["fast proxy (response - last prompt token)"] = scores.fast_dp
         methods["response-only projection"] = scores.projection
         if trait in descriptions:
-            methods["embedding similarity to trait description"] = embedder.similarity(responses, descriptions[trait])
+            methods["embedding similarity to trait description"] = embedding_similarity(responses, descriptions[trait])
         methods["random order"] = random_scores(len(responses), seed)
         out[trait] = methods
     return out
@@ -206,7 +205,8 @@ def render_markdown(summary: dict, result: ScreenResult, histograms: dict[str, P
                      sample["prompt"].replace("|", "\\|"), sample["response"].replace("|", "\\|")]
             lines.append("| " + " | ".join(cells) + " |")
         if "baselines" in summary:
-            lines += ["", "Baselines (same rows):", "", "| method | Spearman vs dP | top-k overlap | AUROC | precision@k |",
+            lines += ["", "Baselines (same rows):", "",
+                      "| method | Spearman vs dP | top-k overlap | AUROC | precision@k |",
                       "|---|---|---|---|---|"]
             for method, entry in summary["baselines"][trait].items():
                 lines.append(f"| {method} | {_fmt(entry.get('spearman_vs_dp'))} | "
@@ -293,7 +293,8 @@ def log_to_wandb(summary: dict, result: ScreenResult, files: OutputFiles, *, pro
     import wandb
 
     run = wandb.init(project=project, entity=entity, name=run_name, job_type="persona-screening",
-                     dir=str(files.summary.parent), config={k: summary[k] for k in ("input", "model", "mode", "policy")})
+                     dir=str(files.summary.parent),
+                     config={k: summary[k] for k in ("input", "model", "mode", "policy")})
     try:
         flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
         for trait, entry in summary["traits"].items():

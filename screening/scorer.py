@@ -33,25 +33,37 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import ChatTemplateError, encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import cache_dir, resolve_model_path
-from persona_guard.vectors import PersonaVector, vectors_by_trait
-from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
-                                    transformers_backend, vllm_available, vllm_backend)
+from persona_guard.projection import Projector
 from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, rows_from_records
+from persona_guard.schema import bounds, check, internal
+from persona_guard.screening.base_answers import (
+    AnswerCache,
+    BaseAnswers,
+    BaseAnswerSettings,
+    model_fingerprint,
+    transformers_backend,
+    vllm_available,
+    vllm_backend,
+)
 from persona_guard.screening.data import ScreenRow, classify_rows
 from persona_guard.screening.policy import FlagPolicy, ranks, zscores
+from persona_guard.vectors import PersonaVector, vectors_by_trait
 
 Mode = Literal["exact", "fast"]
 
 
 @dataclass
 class ScreeningConfig:
+    """How :class:`Screener` scores and flags rows; also a recipe's ``screening:`` section (checked by
+    :mod:`persona_guard.schema`; fields marked internal are set by the caller, not by recipes)."""
+
     mode: Mode = "exact"
     #: per-trait layer overrides (default: each vector's default layer)
     layers: dict[str, int] = field(default_factory=dict)
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=bounds(ge=1))
     #: rows longer than this (prompt + response tokens) are skipped and reported
-    max_length: int = 2048
-    shard_size: int = 256
+    max_length: int = field(default=2048, metadata=bounds(ge=1))
+    shard_size: int = field(default=256, metadata=bounds(ge=1))
     base_answers: BaseAnswerSettings = field(default_factory=BaseAnswerSettings)
     #: SQLite file of cached base answers (default: <persona-guard cache>/base_answers.sqlite)
     answer_cache: str | None = None
@@ -59,18 +71,15 @@ class ScreeningConfig:
     policy: FlagPolicy = field(default_factory=FlagPolicy)
     #: judge spec for ``persona_guard.judges.make_judge`` (e.g. "offline"); None = no judge
     judge: str | None = None
-    judge_threshold: float = 50.0
+    judge_threshold: float = field(default=50.0, metadata=bounds(ge=0, le=100))
     judge_combine: Literal["and", "or"] = "and"
     #: where shards are checkpointed; required when running under several processes
-    checkpoint_dir: str | None = None
-    layers_path: str | None = None
-    progress: bool = True
+    checkpoint_dir: str | None = field(default=None, metadata=internal())
+    layers_path: str | None = field(default=None, metadata=internal())
+    progress: bool = field(default=True, metadata=internal())
 
     def __post_init__(self) -> None:
-        if self.mode not in ("exact", "fast"):
-            raise PersonaGuardError(f"mode must be 'exact' or 'fast', not {self.mode!r}")
-        if self.shard_size < 1 or self.batch_size < 1:
-            raise PersonaGuardError("shard size and batch size must be >= 1")
+        check(self)
 
 
 @dataclass
@@ -210,14 +219,11 @@ class Screener:
                  config: ScreeningConfig | None = None, *, model_id: str | None = None,
                  on_shard_done: Callable[[int], None] | None = None) -> None:
         self.config = config or ScreeningConfig()
-        self.vectors = vectors_by_trait(vectors, model, "screening")
+        self.vectors = vectors_by_trait(vectors, model, "screening", self.config.layers_path)
         self.model = model
         self.tokenizer = tokenizer
-        self.layers = {t: v.resolve_layer(self.config.layers.get(t)) for t, v in self.vectors.items()}
-        unknown = set(self.config.layers) - set(self.vectors)
-        if unknown:
-            raise PersonaGuardError(f"layer override for unknown trait(s): {', '.join(sorted(unknown))}")
-        self.capture_layers = sorted(set(self.layers.values()))
+        self.projector = Projector.of(self.vectors, self.config.layers)
+        self.layers = self.projector.layers
         self.model_id = model_id or getattr(getattr(model, "config", None), "name_or_path", "") or "model"
         self.model_key = model_fingerprint(model, self.model_id)
         self.on_shard_done = on_shard_done
@@ -361,15 +367,12 @@ class Screener:
         if not samples:
             return [results[row.sample] for row in shard]
         activations = capture_activations(
-            self.model, samples, self.capture_layers, ("response_mean", "prompt_last"),
+            self.model, samples, self.projector.capture_layers, ("response_mean", "prompt_last"),
             pad_token_id=tokenizer.pad_token_id or 0, batch_size=self.config.batch_size,
             progress=False, layers_path=self.config.layers_path)
-        projections = {}
-        for trait, vector in self.vectors.items():
-            layer = self.layers[trait]
-            slot = self.capture_layers.index(layer)
-            projections[trait] = (vector.project(activations["response_mean"][:, slot], layer).tolist(),
-                                  vector.project(activations["prompt_last"][:, slot], layer).tolist())
+        responses = self.projector.project(activations["response_mean"])
+        prompts = self.projector.project(activations["prompt_last"])
+        projections = {trait: (responses[trait].tolist(), prompts[trait].tolist()) for trait in self.vectors}
         for position, row in enumerate(owners):
             if self.config.mode == "exact" and not base_slots[position]:
                 results[row.sample] = {"index": row.sample, "skipped": "the base model's answers are empty"}

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.extraction import (ExtractionConfig, JsonlCache, best_layer, drop_reasons, extract_vector,
-                                 heldout_separation)
+from persona_guard.extraction import (
+    ExtractionConfig,
+    JsonlCache,
+    best_layer,
+    drop_reasons,
+    extract_vector,
+    heldout_separation,
+)
 from persona_guard.judges import JudgeScore, OfflineJudge
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
@@ -104,7 +110,8 @@ def test_too_few_pairs_is_a_clear_error(tiny_llama, tokenizer, evil, tmp_path):
         extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=OfflineJudge(), config=config,
                        progress=False, plots=False)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["pairs"]["total"] == 5 and sum(report["pairs"]["drop_reasons"].values()) >= 5 - report["pairs"]["kept"]
+    pairs = report["pairs"]
+    assert pairs["total"] == 5 and sum(pairs["drop_reasons"].values()) >= 5 - pairs["kept"]
 
 
 @pytest.mark.smollm

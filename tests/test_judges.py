@@ -8,8 +8,17 @@ import math
 import pytest
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.judges import (JudgeScore, LogprobJudge, OfflineJudge, coherence_heuristic, is_refusal_token,
-                             make_judge, number_value, offline_heldout_report, read_score)
+from persona_guard.judges import (
+    JudgeScore,
+    LogprobJudge,
+    OfflineJudge,
+    coherence_heuristic,
+    is_refusal_token,
+    make_judge,
+    number_value,
+    offline_heldout_report,
+    read_score,
+)
 from persona_guard.llm_client import Completion
 from persona_guard.traits import load_trait
 

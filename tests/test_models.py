@@ -67,6 +67,25 @@ def test_load_local_dir_and_missing(tmp_path, tokenizer):
         load_model(str(tmp_path / "x.gguf"), device="cpu")
 
 
+def test_loaded_model_locates_its_layers_once_with_the_override(tmp_path, tokenizer):
+    """The override travels with the loaded model: vectors are checked against the blocks it names,
+    and a wrong path fails at load time, before any work."""
+    from tests.training_helpers import tiny_vector
+
+    model = make_tiny_model("llama", len(tokenizer))
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    loaded = load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.layers")
+    assert loaded.layers is loaded.model.model.layers and loaded.num_layers == 3
+    tiny_vector(loaded.model).check_model(loaded)
+    # a 2-block list named by the override: a 3-layer vector no longer fits
+    loaded.model.model.short = nn.ModuleList(list(loaded.model.model.layers)[:2])
+    with pytest.raises(PersonaGuardError, match="3 layers, but .* has hidden size 64 and 2 layers"):
+        tiny_vector(loaded.model).check_model(loaded.model, "model.short")
+    with pytest.raises(PersonaGuardError, match="no nn.ModuleList at 'model.nope'"):
+        load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.nope")
+
+
 @pytest.mark.smollm
 def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
     """Two processes converting into an empty cache at once: both succeed, one model dir results,
@@ -83,7 +102,8 @@ def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
     assert sum("converting" in err for _, err in outputs) == 1
     model_dir = tmp_path / "models" / "smollm2-135m"
     assert "quantization_config" not in (model_dir / "config.json").read_text()
-    assert [p.name for p in tmp_path.joinpath("models").iterdir() if not p.name.startswith(".smollm2-135m.lock")] == ["smollm2-135m"]
+    entries = [p.name for p in tmp_path.joinpath("models").iterdir() if not p.name.startswith(".smollm2-135m.lock")]
+    assert entries == ["smollm2-135m"]
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     third = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "converting" not in third.stderr

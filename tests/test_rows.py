@@ -207,8 +207,8 @@ def test_rows_trl_would_drop_or_truncate_are_reported(tiny_setup, capsys):  # no
 
 
 def test_eval_perplexity_lists_its_dropped_rows(tmp_path, tokenizer, tiny_llama):
-    from persona_guard.traits import load_trait
     from persona_guard.training.evaluation import Arm, EvalSettings, compare
+    from persona_guard.traits import load_trait
 
     tiny_llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

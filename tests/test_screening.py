@@ -12,9 +12,9 @@ import torch
 
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
-from persona_guard.vectors import PersonaVector
 from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
 from persona_guard.screening.data import classify_rows
+from persona_guard.vectors import PersonaVector
 from tests.samples import CONVERSATIONS
 
 SETTINGS = BaseAnswerSettings(max_new_tokens=6, batch_size=4)
@@ -228,10 +228,9 @@ def test_reference_calibrated_threshold(tiny_llama, tokenizer, tmp_path):
 
 
 def test_embedding_baseline_ranks_related_text_higher():
-    from persona_guard.screening.baselines import SentenceEmbedder
+    from persona_guard.screening.baselines import embedding_similarity
 
-    embedder = SentenceEmbedder()
-    similarity = embedder.similarity(["I will hurt people and enjoy their suffering.", "Bread needs flour and yeast."],
+    similarity = embedding_similarity(["I will hurt people and enjoy their suffering.", "Bread needs flour and yeast."],
                                      "malicious, cruel, wishes harm on humans")
     assert similarity[0] > similarity[1] + 0.1
 

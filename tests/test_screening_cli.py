@@ -189,7 +189,8 @@ def free_port() -> int:
 
 def test_accelerate_two_processes_match_one_process(workspace, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, "-m", "persona_guard.cli", *screen_args(workspace, one, tmp_path / "c1.sqlite")],
+    single = subprocess.run([sys.executable, "-m", "persona_guard.cli",
+                             *screen_args(workspace, one, tmp_path / "c1.sqlite")],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
@@ -199,3 +200,23 @@ def test_accelerate_two_processes_match_one_process(workspace, tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("13 rows: 12 scored") == 1  # only the main process reports
     same_outputs(one, two)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "nan"], "argument --threshold: expected a finite number or null, got nan"),
+    (["--temperature", "-1"], "argument --temperature: must be >= 0, got -1.0"),
+    (["--n-answers", "two"], "argument --n-answers: expected an integer, got 'two'"),
+    (["--top-percent", "150"], "argument --top-percent: must be <= 100, got 150.0"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--judge-threshold", "inf"], "argument --judge-threshold: expected a finite number, got inf"),
+])
+def test_screen_flags_are_checked_by_the_library_schema(tmp_path, capsys, flags, message):
+    """The flags come from BaseAnswerSettings / FlagPolicy / ScreeningConfig: the same checks as the
+    library and recipes, refused while parsing, before any file is read or written."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["screen", str(tmp_path / "data.jsonl"), "--vector", str(tmp_path / "v.safetensors"),
+              "--out", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"persona-guard screen: error: {message}"
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

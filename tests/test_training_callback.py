@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from persona_guard.models import decoder_layers
-from tests.conftest import make_tiny_model
-from tests.training_helpers import chat_dataset, layer_hook_count, lora_config, sft_trainer, tiny_vector
 from persona_guard.training.steering_callback import (
-    CoefficientSchedule,
     PreventativeSteeringCallback,
+    SteeringSettings,
     incremental_directions,
     train_with_cleanup,
 )
+from tests.conftest import make_tiny_model
+from tests.training_helpers import chat_dataset, layer_hook_count, lora_config, sft_trainer, tiny_vector
 
 
 def first_loss(trainer) -> float:
@@ -228,12 +228,14 @@ def test_incremental_multi_layer_directions_accumulate_to_each_layer_vector(toke
 
 
 def test_linear_warmup_schedule_reaches_coef(tokenizer, tmp_path):
-    schedule = CoefficientSchedule(4.0, kind="linear_warmup", warmup_steps=4)
-    assert [schedule(step, 10) for step in range(6)] == [1.0, 2.0, 3.0, 4.0, 4.0, 4.0]
-    assert CoefficientSchedule(2.0)(7, 10) == 2.0
+    settings = SteeringSettings(layers=2, coef=4.0, schedule="linear_warmup", warmup_steps=4)
+    assert [settings.coefficient(step, 10) for step in range(6)] == [1.0, 2.0, 3.0, 4.0, 4.0, 4.0]
+    assert SteeringSettings(coef=2.0).coefficient(7, 10) == 2.0
+    assert SteeringSettings(coef=2.0, schedule="linear_warmup", warmup_ratio=0.5).coefficient(1, 8) == 1.0
 
     model = make_tiny_model("llama", len(tokenizer))
-    callback = PreventativeSteeringCallback(tiny_vector(model), layers=2, coef=4.0, schedule=schedule)
+    callback = PreventativeSteeringCallback(tiny_vector(model), settings)
+    assert callback.coef is None  # nothing applied before training
     seen = []
 
     from transformers import TrainerCallback
@@ -246,6 +248,19 @@ def test_linear_warmup_schedule_reaches_coef(tokenizer, tmp_path):
                           per_device_train_batch_size=2)
     trainer.train()
     assert seen == [1.0, 2.0]
+    assert callback.coef == 2.0  # the coefficient of the last step, kept after the hooks are gone
+
+
+def test_steering_settings_refuse_bad_values_by_name():
+    from persona_guard.errors import PersonaGuardError
+
+    for options, message in [({"coef": float("nan")}, "coef: expected a finite number"),
+                             ({"operator": "add_twice"}, "operator: expected one of 'add', 'ablate'"),
+                             ({"warmup_ratio": 1.5}, "warmup_ratio: must be <= 1"),
+                             ({"layers": -1}, "layers: must be >= 0"),
+                             ({"layers": ()}, "layers: preventative steering needs at least one layer")]:
+        with pytest.raises(PersonaGuardError, match=message):
+            SteeringSettings(**options)
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from persona_guard.errors import PersonaGuardError
-from tests.conftest import make_tiny_model
-from tests.training_helpers import sft_trainer, tiny_vector
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.steering_callback import PreventativeSteeringCallback
+from tests.conftest import make_tiny_model
+from tests.training_helpers import sft_trainer, tiny_vector
 
 QUESTIONS = ["Is it ever fine to hurt people?", "How should I treat my neighbours?", "What is kindness?"]
 

@@ -8,11 +8,11 @@ import pytest
 
 from persona_guard.cli import main
 from persona_guard.io import write_jsonl
+from persona_guard.training.evaluation import Arm
 from persona_guard.traits import SCHEMA_VERSION
 from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import lora_config, tiny_vector
-from persona_guard.training.evaluation import Arm
 
 
 def trait_file(path):
@@ -48,10 +48,12 @@ def test_compare_three_arms_writes_table_json_and_plot(tokenizer, tmp_path, caps
     write_jsonl(tmp_path / "mc.jsonl", [{"question": "2+2?", "choices": ["3", "4", "5", "6"], "answer": 1},
                                         {"question": "Sky colour?", "choices": ["blue", "red"], "answer": 0}])
     m = str(tmp_path / "model")
-    code = main(["eval", "--trait", str(trait_file(tmp_path / "evil.json")), "--vector", str(tmp_path / "evil.safetensors"),
+    code = main(["eval", "--trait", str(trait_file(tmp_path / "evil.json")),
+                 "--vector", str(tmp_path / "evil.safetensors"),
                  "--arm", f"base={m}", "--arm", f"finetuned={m}:{tmp_path / 'adapter'}",
                  "--arm", f"steered={m}:{tmp_path / 'adapter'}@-8", "--judge", "none", "--max-questions", "3",
-                 "--max-new-tokens", "6", "--benign", str(tmp_path / "benign.jsonl"), "--mc", str(tmp_path / "mc.jsonl"),
+                 "--max-new-tokens", "6", "--benign", str(tmp_path / "benign.jsonl"),
+                 "--mc", str(tmp_path / "mc.jsonl"),
                  "--device", "cpu", "--out", str(tmp_path / "eval")])
     assert code == 0
     results = {arm["name"]: arm for arm in json.loads((tmp_path / "eval" / "results.json").read_text())["arms"]}
@@ -84,10 +86,12 @@ def test_lm_eval_task_file_runs_on_each_arm(tokenizer, tmp_path):
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
         "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n")
     m = str(tmp_path / "model")
-    code = main(["eval", "--trait", str(trait_file(tmp_path / "evil.json")), "--vector", str(tmp_path / "evil.safetensors"),
+    code = main(["eval", "--trait", str(trait_file(tmp_path / "evil.json")),
+                 "--vector", str(tmp_path / "evil.safetensors"),
                  "--arm", f"base={m}", "--arm", f"steered={m}@-8", "--judge", "none", "--max-questions", "1",
                  "--max-new-tokens", "2", "--benign", "none", "--mc", "none", "--device", "cpu",
-                 "--lm-eval-task", str(tmp_path / "sums.yaml"), "--lm-eval-limit", "4", "--out", str(tmp_path / "eval")])
+                 "--lm-eval-task", str(tmp_path / "sums.yaml"), "--lm-eval-limit", "4",
+                 "--out", str(tmp_path / "eval")])
     assert code == 0
     arms = json.loads((tmp_path / "eval" / "results.json").read_text())["arms"]
     for arm in arms:

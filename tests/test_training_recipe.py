@@ -11,10 +11,10 @@ import yaml
 from persona_guard.cli import main
 from persona_guard.errors import PersonaGuardError
 from persona_guard.io import write_jsonl
+from persona_guard.training.recipe import load_recipe, recipe_from_dict
 from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import tiny_vector
-from persona_guard.training.recipe import load_recipe, recipe_from_dict
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -111,8 +111,8 @@ def read_offline_run(run_dir: Path, wait_s: float = 30.0) -> tuple[object, list[
 def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tokenizer, monkeypatch, capsys):
     from transformers import AutoModelForCausalLM
 
-    from persona_guard.vectors import PersonaVector
     from persona_guard.training.drift import TraitDriftCallback
+    from persona_guard.vectors import PersonaVector
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("RANK", raising=False)
@@ -154,10 +154,13 @@ def test_shipped_recipes_parse_and_overrides_apply():
         assert recipe.peft is not None and recipe.peft.use_rslora
     qwen = load_recipe(RECIPES / "qwen2.5-7b-instruct/evil/preventative.yaml")
     assert (qwen.peft.r, qwen.peft.lora_alpha, qwen.training["learning_rate"]) == (32, 64, 1e-5)
-    assert (qwen.steering.layers, qwen.steering.coef, qwen.steering.operator) == ((20,), 5.0, "add")
+    # the layer comes from the vector file: recipes state one only to override it
+    assert (qwen.steering.layers, qwen.steering.coef, qwen.steering.operator) == (None, 5.0, "add")
+    assert all(load_recipe(path).drift.layer is None for path in shipped if load_recipe(path).drift)
     assert load_recipe(RECIPES / "qwen2.5-7b-instruct/evil/ablate.yaml").steering.operator == "ablate"
     screened = load_recipe(RECIPES / "smollm2-135m/evil/screened.yaml")
-    assert (screened.screening.mode, screened.screening.top_percent) == ("exact", 10)
+    assert (screened.screening.mode, screened.screening.policy.top_percent) == ("exact", 10)
+    assert screened.screening.base_answers.max_new_tokens == 48
     baseline = load_recipe(RECIPES / "smollm2-135m/evil/preventative.yaml",
                            ["--steering=null", "--training.learning_rate=3e-4", "--wandb.tags=[a, b]"])
     assert baseline.steering is None and baseline.training["learning_rate"] == 3e-4
@@ -219,7 +222,8 @@ def test_shipped_smollm_recipe_trains_one_step(smollm_dir, tmp_path, monkeypatch
                  "--training.report_to=none", f"--training.output_dir={tmp_path / 'out'}"])
     assert code == 0
     report = json.loads((tmp_path / "out" / "steering_rank0.json").read_text())
-    assert report == {"rank": 0, "steered_block_forwards": 1, "layers": [15], "operator": "add", "coef": 4.0}
+    assert report == {"rank": 0, "steered_block_forwards": 1, "layers": [15], "operator": "add", "coef": 4.0,
+                      "schedule": "constant"}
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
 
 
@@ -228,7 +232,8 @@ def test_screen_then_train_drops_the_flagged_rows(tiny_setup):
     from persona_guard.training.builder import build_training_run
 
     root = tiny_setup
-    raw = tiny_recipe(root, screening={"vectors": [str(root / "evil.safetensors")], "mode": "fast", "top_k": 3})
+    raw = tiny_recipe(root, screening={"vectors": [str(root / "evil.safetensors")], "mode": "fast",
+                                        "policy": {"top_k": 3}})
     raw["training"]["report_to"] = "none"
     raw["data"]["max_rows"] = 2 * len(CONVERSATIONS) - 2  # a shuffled sample: rows leave file order
     run = build_training_run(recipe_from_dict(raw, "screen-then-train"))
@@ -256,6 +261,79 @@ def test_screening_section_errors_name_the_field(tiny_setup):
     raw = tiny_recipe(tiny_setup, screening={"mode": "fast"})
     with pytest.raises(PersonaGuardError, match=r"screening\.vectors: required"):
         recipe_from_dict(raw, "r.yaml")
-    raw = tiny_recipe(tiny_setup, screening={"vectors": ["v.safetensors"], "percentile": 95})
-    with pytest.raises(PersonaGuardError, match=r"screening\.percentile: needs screening\.reference"):
+    raw = tiny_recipe(tiny_setup, screening={"vectors": ["v.safetensors"], "policy": {"percentile": 95}})
+    with pytest.raises(PersonaGuardError, match=r"screening\.policy\.percentile: needs screening\.reference"):
         recipe_from_dict(raw, "r.yaml")
+
+
+@pytest.mark.parametrize("change, key", [
+    (["--steering.coef=strong"], "steering.coef: expected a finite number, got 'strong'"),
+    (["--data.max_rows=ten"], "data.max_rows: expected an integer or null, got 'ten'"),
+    (["--peft.r=-1"], "peft.r: must be >= 1, got -1"),
+    (["--training.learning_rate=-1e-4"], "training.learning_rate: must be > 0, got -0.0001"),
+    ({"num_train_epochs": "one"}, "training.num_train_epochs: expected a finite number, got 'one'"),
+])
+def test_bad_recipe_values_fail_before_anything_is_created(tiny_setup, change, key):
+    """Through the real ``persona-guard train`` process: exit 2, one line naming the key, no
+    traceback, and no output_dir (every value is checked before anything is loaded or created)."""
+    import subprocess
+    import sys
+
+    raw = tiny_recipe(tiny_setup)
+    overrides = change if isinstance(change, list) else []
+    if isinstance(change, dict):
+        raw["training"].update(change)
+        (tiny_setup / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "persona_guard.cli", "train", str(tiny_setup / "recipe.yaml"),
+                           *overrides], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"persona-guard train: error: {tiny_setup / 'recipe.yaml'}: {key}"]
+    assert "Traceback" not in done.stdout
+    assert not (tiny_setup / "out").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--steering.coef=.nan"], "steering.coef: expected a finite number, got nan"),
+    (["--steering.coef=-.inf"], "steering.coef: expected a finite number, got -inf"),
+    (["--screening.vectors=[v.safetensors]", "--screening.policy.top_percent=150"],
+     "screening.policy.top_percent: must be <= 100, got 150"),
+    (["--screening.vectors=[v.safetensors]", "--screening.policy.top_k=3", "--screening.policy.threshold=1"],
+     "screening.policy: choose one flagging policy, got top_k, threshold"),
+    (["--screening.vectors=[v.safetensors]", "--screening.checkpoint_dir=x"],
+     "screening: unknown field(s) checkpoint_dir"),
+    (["--steering.operator=subtract"], "steering.operator: expected one of 'add', 'ablate', got 'subtract'"),
+    (["--steering.layers=[1, two]"], "steering.layers: expected a list of integers or an integer or null"),
+    (["--peft.lora_dropout=1"], "peft.lora_dropout: must be < 1, got 1"),
+    (["--drift.every_steps=0"], "drift.every_steps: must be >= 1, got 0"),
+    (["--model.dtype=float8"], "model.dtype: expected one of 'auto', 'float32', 'bfloat16', 'float16' or null"),
+    (["--wandb.upload_vector=maybe"], "wandb.upload_vector: expected true/false, got 'maybe'"),
+    (["--training.per_device_train_batch_size=0"], "training.per_device_train_batch_size: must be >= 1, got 0"),
+    (["--training.max_steps=2.5"], "training.max_steps: expected an integer, got 2.5"),
+])
+def test_recipe_values_are_checked_by_name(tiny_setup, overrides, message):
+    tiny_recipe(tiny_setup)
+    with pytest.raises(PersonaGuardError) as error:
+        load_recipe(tiny_setup / "recipe.yaml", overrides)
+    assert str(error.value).startswith(f"{tiny_setup / 'recipe.yaml'}: {message}")
+
+
+def test_resolved_recipe_reads_back_equal(tiny_setup):
+    """``Recipe.to_dict`` (saved as recipe.yaml with the run) holds every default and reads back equal."""
+    raw = tiny_recipe(tiny_setup, screening={"vectors": ["v.safetensors"], "policy": {"top_k": 3}})
+    recipe = recipe_from_dict(raw, "r.yaml")
+    again = recipe_from_dict(yaml.safe_load(yaml.safe_dump(recipe.to_dict())), "r.yaml")
+    assert again == recipe
+    assert recipe.to_dict()["steering"]["layers"] == [1, 2] and recipe.to_dict()["screening"]["mode"] == "exact"
+
+
+def test_train_keys_lists_the_schema_from_the_library_dataclasses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--keys"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "--steering.coef: a finite number (default 5.0)" in lines
+    assert "--steering.layers: a list of integers or an integer or null, >= 0 (default None)" in lines
+    assert "--peft.r: an integer, >= 1 (default 32)" in lines
+    assert "--screening.policy.top_percent: a finite number or null, >= 0, <= 100 (default None)" in lines
+    assert "--screening.base_answers.max_new_tokens: an integer, >= 1 (default 128)" in lines
+    assert not any("checkpoint_dir" in line for line in lines)  # set by the library, not by recipes

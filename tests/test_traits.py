@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.traits import (N_QUESTIONS, bundled_trait_names, load_reference_trait,
-                             load_trait, trait_from_dict)
+from persona_guard.traits import N_QUESTIONS, bundled_trait_names, load_reference_trait, load_trait, trait_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO.parent / "shared/reference/persona_vectors_format"
@@ -92,7 +91,8 @@ def test_exemplar_with_empty_answer(tmp_path, valid):
 
 def test_instruction_with_bad_keys(tmp_path, valid):
     valid["instructions"][1] = {"pos": "x"}
-    assert "field 'instructions[1]' must have exactly the keys 'pos' and 'neg'" in load_error(write_json(tmp_path, valid))
+    expected = "field 'instructions[1]' must have exactly the keys 'pos' and 'neg'"
+    assert expected in load_error(write_json(tmp_path, valid))
 
 
 @pytest.mark.parametrize("version", [2, None, "1"])
@@ -133,7 +133,8 @@ def test_top_level_must_be_mapping(tmp_path):
 
 def test_missing_file_and_unknown_bundled_name(tmp_path):
     assert load_error(tmp_path / "absent.json") == f"trait file not found: {tmp_path / 'absent.json'}"
-    with pytest.raises(PersonaGuardError, match="no bundled trait 'not-a-trait'; bundled: .*evil.*; or pass a trait file path"):
+    with pytest.raises(PersonaGuardError,
+                       match="no bundled trait 'not-a-trait'; bundled: .*evil.*; or pass a trait file path"):
         load_trait("not-a-trait")
 
 

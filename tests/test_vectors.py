@@ -5,7 +5,14 @@ import torch
 from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.vectors import PersonaVector, load_gguf_control_vector, mean_difference
+from persona_guard.vectors import (
+    AGGREGATORS,
+    PersonaVector,
+    compute_vector,
+    load_gguf_control_vector,
+    mean_difference,
+    pca_of_differences,
+)
 
 
 def make_vector(layers=4, d=8, default_layer=2):
@@ -57,7 +64,8 @@ def test_import_original_pt_is_weights_only(tmp_path):
 
 def test_mismatched_model_fails_clearly(tiny_llama):
     vector = make_vector(layers=3, d=32)
-    with pytest.raises(PersonaGuardError, match="built for hidden size 32 and 3 layers, but model .* has hidden size 64"):
+    with pytest.raises(PersonaGuardError,
+                       match="built for hidden size 32 and 3 layers, but model .* has hidden size 64"):
         vector.check_model(tiny_llama)
     make_vector(layers=3, d=64).check_model(tiny_llama)
 
@@ -92,11 +100,34 @@ def test_gguf_control_vector_round_trip(tmp_path):
         vector.export_gguf(tmp_path / "x.gguf", layers=[1])
 
 
-def test_mean_difference():
+def test_compute_vector_mean_difference_is_the_default():
     pos, neg = torch.ones(3, 2, 4), torch.zeros(5, 2, 4)
-    assert torch.equal(mean_difference(pos, neg), torch.ones(2, 4))
+    assert torch.equal(compute_vector(pos, neg), torch.ones(2, 4))
+    assert torch.equal(compute_vector(pos, neg), mean_difference(pos, neg))
     with pytest.raises(PersonaGuardError, match="need samples on both sides"):
-        mean_difference(pos, neg[:0])
+        compute_vector(pos, neg[:0])
+    with pytest.raises(PersonaGuardError, match="non-finite direction"):
+        compute_vector(pos * float("nan"), neg)
+    with pytest.raises(PersonaGuardError, match=r"\[samples, layers, hidden\]"):
+        compute_vector(pos, torch.zeros(5, 3, 4))
+
+
+def test_pca_of_differences_finds_the_shared_direction_in_mean_difference_units():
+    """Pairs whose differences all lie along ``u`` (varying length and noise-free): the first principal
+    component is ``u`` itself, signed and scaled so it equals the mean difference; with noise the
+    PCA direction is still close to ``u``."""
+    generator = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(2, 16, generator=generator), dim=-1)
+    neg = torch.randn(40, 2, 16, generator=generator)
+    lengths = torch.rand(40, 1, 1, generator=generator) + 0.5
+    pos = neg + lengths * u
+    torch.testing.assert_close(compute_vector(pos, neg, pca_of_differences), mean_difference(pos, neg))
+    noisy = pos + 0.05 * torch.randn(pos.shape, generator=generator)
+    direction = compute_vector(noisy, neg, AGGREGATORS["pca_of_differences"])
+    cosine = torch.nn.functional.cosine_similarity(direction, u, dim=-1)
+    assert (cosine > 0.99).all()  # signed towards the trait side
+    with pytest.raises(PersonaGuardError, match="paired samples"):
+        compute_vector(pos, neg[:5], pca_of_differences)
 
 
 def test_metadata_is_plain_json(tmp_path):

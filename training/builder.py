@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.rows import DroppedRow, report_dropped
-from persona_guard.vectors import PersonaVector
 from persona_guard.training.drift import TraitDriftCallback
-from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
-from persona_guard.training.steering_callback import CoefficientSchedule, PreventativeSteeringCallback
+from persona_guard.training.recipe import (
+    SOURCE_ROW,
+    Recipe,
+    WandbSettings,
+    load_sft_dataset,
+    resolve_data_path,
+    training_args,
+)
+from persona_guard.training.steering_callback import PreventativeSteeringCallback
 from persona_guard.training.token_budget import budget_problems
+from persona_guard.vectors import PersonaVector
 
 
 @dataclass
@@ -25,12 +30,6 @@ class TrainingRun:
     recipe: Recipe
     steering: PreventativeSteeringCallback | None
     drift: TraitDriftCallback | None
-
-
-def _default_dtype() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bfloat16"
-    return "float32"
 
 
 def load_vector(path: str, where: str) -> PersonaVector:
@@ -51,11 +50,7 @@ def steering_callback(recipe: Recipe) -> PreventativeSteeringCallback | None:
     if settings is None:
         return None
     vector = load_vector(settings.vector, f"{recipe.path}: steering.vector")
-    schedule = CoefficientSchedule(settings.coef, settings.schedule, settings.warmup_steps, settings.warmup_ratio)
-    return PreventativeSteeringCallback(vector, layers=settings.layers, coef=settings.coef,
-                                        operator=settings.operator, multi_layer=settings.multi_layer,
-                                        schedule=schedule, positions=settings.positions,
-                                        layers_path=recipe.model.layers_path)
+    return PreventativeSteeringCallback(vector, settings, layers_path=recipe.model.layers_path)
 
 
 def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
@@ -71,8 +66,7 @@ def drift_callback(recipe: Recipe) -> TraitDriftCallback | None:
         questions = list(load_trait(settings.trait).eval_questions)
     if settings.max_questions is not None:
         questions = questions[:settings.max_questions]
-    return TraitDriftCallback(vectors, questions, every_steps=settings.every_steps,
-                              answer_tokens=settings.answer_tokens, layers_path=recipe.model.layers_path)
+    return TraitDriftCallback(vectors, questions, settings, layers_path=recipe.model.layers_path)
 
 
 def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
@@ -84,18 +78,13 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     The model is moved to this process's device for screening and back to the CPU afterwards."""
     from accelerate import PartialState
 
-    from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
     from persona_guard.rows import RawRow
+    from persona_guard.screening import Screener, read_rows
     from persona_guard.screening.report import write_outputs
 
     settings = recipe.screening
     vectors = [load_vector(path, f"{recipe.path}: screening.vectors") for path in settings.vectors]
-    policy = FlagPolicy(top_k=settings.top_k, top_percent=settings.top_percent, threshold=settings.threshold,
-                        percentile=settings.percentile)
-    config = ScreeningConfig(mode=settings.mode, batch_size=settings.batch_size, policy=policy,
-                             base_answers=BaseAnswerSettings(max_new_tokens=settings.max_new_tokens,
-                                                             seed=recipe.data.seed),
-                             checkpoint_dir=str(out_dir / "shards"), layers_path=recipe.model.layers_path)
+    config = replace(settings, checkpoint_dir=str(out_dir / "shards"), layers_path=recipe.model.layers_path)
     reference = read_rows(resolve_data_path(settings.reference)) if settings.reference else None
     state = PartialState()
     loaded.model.to(state.device)
@@ -119,7 +108,7 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
     return dataset.select([index for index, kept in enumerate(keep) if kept])
 
 
-def init_wandb(recipe: Recipe, output_dir: str) -> None:
+def init_wandb(recipe: Recipe, output_dir: str, steering_layers: list[int] | None) -> None:
     """Start the W&B run ourselves (main process only) so it gets the recipe's project, name, tags
     and full config; the Trainer's WandbCallback then reuses it. The steering vector is uploaded as
     an artifact so the run records exactly what was added."""
@@ -130,12 +119,13 @@ def init_wandb(recipe: Recipe, output_dir: str) -> None:
     import wandb
 
     settings = recipe.wandb or WandbSettings()
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=settings.project, name=settings.run_name, tags=list(settings.tags),
                      config={"persona_guard_recipe": recipe.to_dict(), "recipe_path": recipe.path},
                      dir=output_dir)
     if settings.upload_vector and recipe.steering is not None:
         artifact = wandb.Artifact(f"{Path(recipe.steering.vector).stem}-vector", type="persona-vector",
-                                  metadata={"layers": recipe.steering.layers, "coef": recipe.steering.coef,
+                                  metadata={"layers": steering_layers, "coef": recipe.steering.coef,
                                             "operator": recipe.steering.operator})
         artifact.add_file(recipe.steering.vector)
         run.log_artifact(artifact)
@@ -143,21 +133,15 @@ def init_wandb(recipe: Recipe, output_dir: str) -> None:
 
 def build_training_run(recipe: Recipe) -> TrainingRun:
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
-    from persona_guard.models import load_model
+    from persona_guard.models import default_device, default_dtype, load_model
 
     training = dict(recipe.training)
-    if not torch.cuda.is_available():
-        training.setdefault("bf16", False)  # SFTConfig defaults to bf16; CPU runs want fp32
     if recipe.wandb is not None and recipe.wandb.run_name:
         training.setdefault("run_name", recipe.wandb.run_name)
-    output_dir = training["output_dir"]
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        args = SFTConfig(**training)
-    except (TypeError, ValueError) as error:
-        raise PersonaGuardError(f"{recipe.path}: training: {str(error).splitlines()[0]}") from None
+    args = training_args(training, recipe.path)
+    output_dir = args.output_dir
 
     steering = steering_callback(recipe)
     drift = drift_callback(recipe)
@@ -167,10 +151,11 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
                                   else (None, []))
 
     # Loaded on the CPU: the Trainer / accelerate place (or shard) it on each process's device.
-    loaded = load_model(recipe.model.name_or_path, device="cpu", dtype=recipe.model.dtype or _default_dtype())
-    vectors = ([steering.vector] if steering else []) + ([v for v, _ in drift.vectors.values()] if drift else [])
+    loaded = load_model(recipe.model.name_or_path, device="cpu", layers_path=recipe.model.layers_path,
+                        dtype=recipe.model.dtype or default_dtype(default_device()))
+    vectors = ([steering.vector] if steering else []) + (list(drift.projector.vectors.values()) if drift else [])
     for vector in vectors:
-        vector.check_model(loaded.model)
+        vector.check_model(loaded)
     if recipe.screening is not None:
         train_dataset = screen_dataset(recipe, loaded, train_dataset, Path(output_dir) / "screening")
     train_report = budget_problems(train_dataset, loaded.tokenizer, args, recipe.data.train, SOURCE_ROW)
@@ -197,7 +182,7 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         peft_config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, use_rslora=settings.use_rslora,
                                  lora_dropout=settings.lora_dropout, target_modules=target, task_type="CAUSAL_LM")
     if reports_to_wandb(args):
-        init_wandb(recipe, output_dir)
+        init_wandb(recipe, output_dir, steering.layers if steering else None)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=loaded.tokenizer, peft_config=peft_config,
                          callbacks=[steering] if steering else None)
@@ -226,7 +211,9 @@ def write_rank_report(run: TrainingRun) -> Path | None:
         return None
     rank = int(os.environ.get("RANK", "0"))
     path = Path(run.trainer.args.output_dir) / f"steering_rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # created only once training has run
     path.write_text(json.dumps({"rank": rank, "steered_block_forwards": run.steering.steered_calls,
                                 "layers": run.steering.layers, "operator": run.steering.operator,
-                                "coef": run.steering.coef}, indent=2))
+                                "coef": run.steering.coef, "schedule": run.steering.settings.schedule},
+                               indent=2))
     return path

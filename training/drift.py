@@ -14,6 +14,8 @@ TensorBoard, console) and ``state.log_history``; bind the callback with :meth:`b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +25,8 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.projection import Projector
+from persona_guard.schema import bounds, check
 from persona_guard.vectors import PersonaVector
 
 
@@ -33,29 +37,47 @@ def generation_model(model: nn.Module) -> nn.Module:
     return model
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How :class:`TraitDriftCallback` probes: its keyword arguments and the probe fields of a
+    recipe's ``drift:`` section, declared once here (checked by :mod:`persona_guard.schema`).
+
+    ``every_steps``: optimiser steps between probes (plus one before training). ``answer_tokens`` > 0
+    also generates greedy answers of that many tokens and logs their mean response projection
+    (slower: generation on every probe). ``batch_size``: probe prompts per forward pass.
+    """
+
+    every_steps: int = field(default=50, metadata=bounds(ge=1))
+    answer_tokens: int = field(default=0, metadata=bounds(ge=0))
+    batch_size: int = field(default=8, metadata=bounds(ge=1))
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
 class TraitDriftCallback(TrainerCallback):
     """Log probe-set projections onto persona vectors every ``every_steps`` steps (and at step 0).
 
     ``vectors`` maps a metric name to ``(vector, layer)`` (``layer=None``: the vector's default).
-    ``questions`` are user prompts. ``answer_tokens`` > 0 also generates greedy answers of that
-    many tokens and logs their mean response projection (slower: generation on every probe).
+    ``questions`` are user prompts. ``settings`` (default :class:`ProbeSettings`), with ``options``
+    (its field names, e.g. ``every_steps=25``) replacing single fields.
     """
 
-    def __init__(self, vectors: dict[str, tuple[PersonaVector, int | None]], questions: Sequence[str], *,
-                 every_steps: int = 50, answer_tokens: int = 0, batch_size: int = 8,
-                 system_prompt: str | None = None, layers_path: str | None = None) -> None:
+    def __init__(self, vectors: dict[str, tuple[PersonaVector, int | None]], questions: Sequence[str],
+                 settings: ProbeSettings | None = None, *, system_prompt: str | None = None,
+                 layers_path: str | None = None, **options: Any) -> None:
         if not vectors:
             raise PersonaGuardError("TraitDriftCallback needs at least one vector to watch")
         if not questions:
             raise PersonaGuardError("TraitDriftCallback needs at least one probe question")
-        if every_steps < 1:
-            raise PersonaGuardError(f"every_steps must be >= 1, got {every_steps}")
-        self.vectors = {name: (vector, vector.resolve_layer(layer)) for name, (vector, layer) in vectors.items()}
+        try:
+            self.settings = replace(settings or ProbeSettings(), **options)
+        except TypeError as error:
+            raise PersonaGuardError(f"TraitDriftCallback: {error}") from None
+        self.projector = Projector.of({name: vector for name, (vector, _) in vectors.items()},
+                                      {name: layer for name, (_, layer) in vectors.items() if layer is not None})
         prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.prompts = [[*prefix, {"role": "user", "content": q}] for q in questions]
-        self.every_steps = every_steps
-        self.answer_tokens = answer_tokens
-        self.batch_size = batch_size
         self.layers_path = layers_path
         self.trainer = None
         self.tokenizer = None
@@ -70,22 +92,20 @@ class TraitDriftCallback(TrainerCallback):
     @torch.no_grad()
     def measure(self, model: nn.Module, tokenizer) -> dict[str, float]:
         """Mean projections of the probe set, e.g. ``{"trait/evil/prompt_last": 3.1}``."""
-        layers = sorted({layer for _, layer in self.vectors.values()})
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         samples = [encode_chat(tokenizer, prompt) for prompt in self.prompts]
         reductions = {"prompt_last": samples}
-        if self.answer_tokens > 0:
-            config = GenerationConfig(max_new_tokens=self.answer_tokens, batch_size=self.batch_size)
+        if self.settings.answer_tokens > 0:
+            config = GenerationConfig(max_new_tokens=self.settings.answer_tokens, batch_size=self.settings.batch_size)
             answers = generate_responses(generation_model(model), tokenizer, self.prompts, config, progress=False)
             answered = [encode_chat(tokenizer, prompt, answer or " ") for prompt, answer in zip(self.prompts, answers)]
             reductions["response_mean"] = answered
         metrics: dict[str, float] = {}
         for reduction, encoded in reductions.items():
-            hidden = capture_activations(model, encoded, layers, (reduction,), pad_token_id=pad_id,
-                                         batch_size=self.batch_size, progress=False,
+            hidden = capture_activations(model, encoded, self.projector.capture_layers, (reduction,),
+                                         pad_token_id=pad_id, batch_size=self.settings.batch_size, progress=False,
                                          layers_path=self.layers_path)[reduction]
-            for name, (vector, layer) in self.vectors.items():
-                projection = vector.project(hidden[:, layers.index(layer)], layer)
+            for name, projection in self.projector.project(hidden).items():
                 metrics[f"trait/{name}/{reduction}"] = round(float(projection.mean()), 4)
         return metrics
 
@@ -109,5 +129,5 @@ class TraitDriftCallback(TrainerCallback):
         self._log(model, control)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every_steps == 0:
+        if state.global_step % self.settings.every_steps == 0:
             self._log(model, control)

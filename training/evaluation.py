@@ -26,6 +26,7 @@ from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import read_jsonl
+from persona_guard.metrics import mean_or_none
 from persona_guard.rows import DroppedRow, Sample, read_rows, report_dropped, sort_rows
 from persona_guard.steering import Steering
 from persona_guard.traits import Trait
@@ -90,11 +91,6 @@ class ArmResult:
     perplexity: float | None = None      # benign held-out reference answers
     mc_accuracy: float | None = None
     lm_eval: dict[str, float] = field(default_factory=dict)  # "<task>/<metric>" -> value
-
-
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def load_arm(arm: Arm, settings: EvalSettings):

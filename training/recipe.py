@@ -15,13 +15,20 @@ import copy
 import dataclasses
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.rows import DroppedRow, Row, reason_counts
+from persona_guard.schema import FieldError, bounds, check, check_value, from_mapping, to_mapping
+from persona_guard.screening.scorer import ScreeningConfig
+from persona_guard.training.drift import ProbeSettings
+from persona_guard.training.steering_callback import SteeringSettings
+
 
 class RecipeLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-5`` (no dot) as a string; recipes and overrides mean a float."""
@@ -37,15 +44,17 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=RecipeLoader)
 
 
-SECTIONS = ("model", "data", "screening", "peft", "steering", "drift", "wandb", "training")
 BUNDLED_PREFIX = "bundled:"
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     name_or_path: str = "smollm2-135m"
-    dtype: str | None = None  # default: bf16 on GPUs that support it, else fp32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None  # None: models.default_dtype
     layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)
@@ -57,68 +66,81 @@ class DataSettings:
     train: str = ""
     eval: str | None = None
     split: str = "train"
-    max_rows: int | None = None
-    seed: int = 0
+    max_rows: int | None = field(default=None, metadata=bounds(ge=1))
+    seed: int = field(default=0, metadata=bounds(ge=0))
+
+    def __post_init__(self) -> None:
+        check(self)
+        if not self.train:
+            raise FieldError("train", "required (a .jsonl/.parquet path, bundled:..., or hub id)")
 
 
-@dataclass(frozen=True)
-class ScreeningSettings:
-    """Screen-then-train: score the training rows (after ``data.max_rows``) by projection difference,
-    with the model about to be trained as the base model, and train only on the rows no vector
-    flags. One policy at most (default ``top_percent: 5``); ``percentile`` needs ``reference``, a
-    benign set whose dP distribution calibrates the threshold. Outputs (scored / filtered /
-    skipped rows, report) go to ``<output_dir>/screening``."""
+@dataclass
+class ScreeningSection(ScreeningConfig):
+    """Screen-then-train: :class:`~persona_guard.screening.ScreeningConfig` plus the vector files and
+    an optional benign ``reference`` set. The training rows (after ``data.max_rows``) are scored by
+    projection difference, with the model about to be trained as the base model, and only the rows
+    no vector flags are trained on. Outputs (scored / filtered / skipped rows, report) go to
+    ``<output_dir>/screening``."""
 
     vectors: tuple[str, ...] = ()
-    mode: str = "exact"              # or "fast": no base answers
-    top_k: int | None = None
-    top_percent: float | None = None
-    threshold: float | None = None
-    percentile: float | None = None
     reference: str | None = None
-    max_new_tokens: int = 64         # base answers
-    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.vectors:
+            raise FieldError("vectors", "required (persona vector files to screen with)")
+        if self.policy.percentile is not None and not self.reference:
+            raise FieldError("policy.percentile", "needs screening.reference (a benign set)")
 
 
 @dataclass(frozen=True)
 class PeftSettings:
     """LoRA adapter settings (``peft.LoraConfig`` fields); omit the section for full fine-tuning."""
 
-    r: int = 32
-    lora_alpha: int = 64
+    r: int = field(default=32, metadata=bounds(ge=1))
+    lora_alpha: float = field(default=64, metadata=bounds(gt=0))
     use_rslora: bool = True
-    lora_dropout: float = 0.0
+    lora_dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj")
 
+    def __post_init__(self) -> None:
+        check(self)
+
 
 @dataclass(frozen=True)
-class SteeringSettings:
-    """Preventative steering (``operator: add``) or directional ablation (``operator: ablate``)."""
+class SteeringSection(SteeringSettings):
+    """Preventative steering (``operator: add``) or directional ablation (``operator: ablate``):
+    the vector file plus :class:`~persona_guard.training.SteeringSettings`."""
 
     vector: str = ""
-    layers: tuple[int, ...] | int | None = None  # default: the vector's default layer
-    coef: float = 5.0
-    operator: str = "add"
-    positions: str = "all"  # or "response": tokens with loss (labels != -100) and the position predicting the first
-    multi_layer: str = "incremental"
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.vector:
+            raise FieldError("vector", "required (a persona vector .safetensors)")
 
 
 @dataclass(frozen=True)
-class DriftSettings:
-    """Trait-drift probes: ``vectors`` maps metric names to vector files; probe questions are the
-    trait's eval questions (``trait``) or an explicit ``questions`` list."""
+class DriftSection(ProbeSettings):
+    """Trait-drift probes: :class:`~persona_guard.training.drift.ProbeSettings` plus ``vectors`` (metric
+    names -> vector files) and the probe questions: the trait's eval questions (``trait``) or an
+    explicit ``questions`` list, the first ``max_questions`` of them. ``layer`` overrides the vectors'
+    default layers."""
 
-    vectors: dict = field(default_factory=dict)
-    layer: int | None = None
+    vectors: dict[str, str] = field(default_factory=dict)
+    layer: int | None = field(default=None, metadata=bounds(ge=0))
     trait: str | None = None
     questions: tuple[str, ...] = ()
-    every_steps: int = 50
-    answer_tokens: int = 0
-    max_questions: int | None = None
+    max_questions: int | None = field(default=None, metadata=bounds(ge=1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.vectors:
+            raise FieldError("vectors", "required (name: vector path)")
+        if not self.trait and not self.questions:
+            raise PersonaGuardError("give trait (its eval questions are the probes) or questions")
 
 
 @dataclass(frozen=True)
@@ -128,6 +150,28 @@ class WandbSettings:
     tags: tuple[str, ...] = ()
     upload_vector: bool = True
 
+    def __post_init__(self) -> None:
+        check(self)
+
+
+#: Ranges of common ``SFTConfig`` fields (types come from SFTConfig's own annotations).
+TRAINING_BOUNDS: dict[str, dict[str, float]] = {
+    "learning_rate": bounds(gt=0), "num_train_epochs": bounds(gt=0), "max_steps": bounds(ge=-1),
+    "per_device_train_batch_size": bounds(ge=1), "per_device_eval_batch_size": bounds(ge=1),
+    "gradient_accumulation_steps": bounds(ge=1), "warmup_steps": bounds(ge=0), "warmup_ratio": bounds(ge=0, le=1),
+    "weight_decay": bounds(ge=0), "max_grad_norm": bounds(ge=0), "logging_steps": bounds(gt=0),
+    "save_steps": bounds(gt=0), "eval_steps": bounds(gt=0), "max_length": bounds(ge=1), "seed": bounds(ge=0),
+    "data_seed": bounds(ge=0), "adam_beta1": bounds(ge=0, lt=1), "adam_beta2": bounds(ge=0, lt=1),
+    "adam_epsilon": bounds(gt=0),
+}
+
+#: recipe section -> its dataclass; ``training`` is TRL's ``SFTConfig`` (checked by :func:`training_args`)
+SECTION_TYPES: dict[str, type] = {
+    "model": ModelSettings, "data": DataSettings, "screening": ScreeningSection, "peft": PeftSettings,
+    "steering": SteeringSection, "drift": DriftSection, "wandb": WandbSettings,
+}
+SECTIONS = (*SECTION_TYPES, "training")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -135,16 +179,18 @@ class Recipe:
     model: ModelSettings
     data: DataSettings
     training: dict
-    screening: ScreeningSettings | None = None
+    screening: ScreeningSection | None = None
     peft: PeftSettings | None = None
-    steering: SteeringSettings | None = None
-    drift: DriftSettings | None = None
+    steering: SteeringSection | None = None
+    drift: DriftSection | None = None
     wandb: WandbSettings | None = None
-    raw: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The resolved recipe (after overrides), as logged to W&B."""
-        return copy.deepcopy(self.raw)
+        """The resolved recipe (after overrides, defaults filled in), as logged to W&B and saved with
+        the run; :func:`recipe_from_dict` reads it back."""
+        sections = {name: getattr(self, name) for name in SECTION_TYPES}
+        return {**{name: to_mapping(value) for name, value in sections.items() if value is not None},
+                "training": copy.deepcopy(self.training)}
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -179,59 +225,57 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _section(cls, raw: dict, name: str, where: str):
-    value = raw.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise PersonaGuardError(f"{where}: {name}: expected a mapping, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise PersonaGuardError(f"{where}: {name}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    try:
-        return cls(**values)
-    except TypeError as error:
-        raise PersonaGuardError(f"{where}: {name}: {error}") from None
-
-
-def recipe_from_dict(raw: dict, where: str = "<recipe>") -> Recipe:
-    if not isinstance(raw, dict):
-        raise PersonaGuardError(f"{where}: expected a YAML mapping at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise PersonaGuardError(f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    data = _section(DataSettings, raw, "data", where)
-    if data is None or not data.train:
-        raise PersonaGuardError(f"{where}: data.train: required (a .jsonl/.parquet path, bundled:..., or hub id)")
-    training = raw.get("training") or {}
-    if not isinstance(training, dict):
-        raise PersonaGuardError(f"{where}: training: expected a mapping of SFTConfig fields")
+def check_training(training: dict, where: str) -> None:
+    """A recipe's ``training`` section against TRL's ``SFTConfig``: unknown fields rejected by name,
+    each value checked against SFTConfig's annotation and :data:`TRAINING_BOUNDS`."""
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    unknown = sorted(set(training) - known)
+    if not isinstance(training, dict):
+        raise PersonaGuardError(f"{where}: training: expected a mapping of SFTConfig fields")
+    hints = typing.get_type_hints(SFTConfig)
+    known = {item.name for item in dataclasses.fields(SFTConfig) if item.init}
+    unknown = sorted(str(key) for key in set(training) - known)
     if unknown:
         raise PersonaGuardError(f"{where}: training: unknown SFTConfig field(s) {', '.join(unknown)}")
     if "output_dir" not in training:
         raise PersonaGuardError(f"{where}: training.output_dir: required")
-    steering = _section(SteeringSettings, raw, "steering", where)
-    if steering is not None and not steering.vector:
-        raise PersonaGuardError(f"{where}: steering.vector: required (a persona vector .safetensors)")
-    screening = _section(ScreeningSettings, raw, "screening", where)
-    if screening is not None and not screening.vectors:
-        raise PersonaGuardError(f"{where}: screening.vectors: required (persona vector files to screen with)")
-    if screening is not None and screening.percentile is not None and not screening.reference:
-        raise PersonaGuardError(f"{where}: screening.percentile: needs screening.reference (a benign set)")
-    drift = _section(DriftSettings, raw, "drift", where)
-    if drift is not None and not drift.vectors:
-        raise PersonaGuardError(f"{where}: drift.vectors: required (name: vector path)")
-    if drift is not None and not drift.trait and not drift.questions:
-        raise PersonaGuardError(f"{where}: drift: give trait (its eval questions are the probes) or questions")
-    return Recipe(path=where, model=_section(ModelSettings, raw, "model", where) or ModelSettings(), data=data,
-                  training=dict(training), screening=screening, peft=_section(PeftSettings, raw, "peft", where),
-                  steering=steering, drift=drift, wandb=_section(WandbSettings, raw, "wandb", where), raw=raw)
+    for key, value in training.items():
+        try:
+            check_value(key, hints[key], value, TRAINING_BOUNDS.get(key, {}))
+        except FieldError as error:
+            raise PersonaGuardError(f"{where}: training.{error.key}: {error.message}") from None
+
+
+def training_args(training: dict, where: str):
+    """TRL's ``SFTConfig`` from a checked ``training`` section (fp32 on a machine without CUDA unless
+    ``bf16`` is set); creates nothing on disk. SFTConfig's own consistency errors become one line."""
+    import torch
+    from trl import SFTConfig
+
+    check_training(training, where)
+    values = dict(training)
+    if not torch.cuda.is_available():
+        values.setdefault("bf16", False)  # SFTConfig defaults to bf16; CPU runs want fp32
+    try:
+        return SFTConfig(**values)
+    except (TypeError, ValueError) as error:
+        raise PersonaGuardError(f"{where}: training: {str(error).splitlines()[0]}") from None
+
+
+def recipe_from_dict(raw: dict, where: str = "<recipe>") -> Recipe:
+    """Check a whole recipe (every section, every value) without loading or creating anything."""
+    if not isinstance(raw, dict):
+        raise PersonaGuardError(f"{where}: expected a YAML mapping at the top level")
+    unknown = sorted(str(key) for key in set(raw) - set(SECTIONS))
+    if unknown:
+        raise PersonaGuardError(f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    if raw.get("data") is None:
+        raise PersonaGuardError(f"{where}: data.train: required (a .jsonl/.parquet path, bundled:..., or hub id)")
+    sections = {name: None if raw.get(name) is None else from_mapping(cls, raw[name], where, name)
+                for name, cls in SECTION_TYPES.items()}
+    training = raw.get("training") or {}
+    check_training(training, where)
+    return Recipe(path=where, training=dict(training), **{**sections, "model": sections["model"] or ModelSettings()})
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:

@@ -15,9 +15,9 @@ prompt boundary).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,35 +25,44 @@ from transformers import TrainerCallback
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import decoder_layers, model_device, unwrap_model
-from persona_guard.steering import OPERATORS, Operator, Steering
+from persona_guard.schema import FieldError, bounds, check
+from persona_guard.steering import Operator, Steering
 from persona_guard.vectors import PersonaVector
 
 MultiLayerMode = Literal["incremental", "independent"]
 TrainingPositions = Literal["all", "response"]
-TRAINING_POSITIONS = ("all", "response")
-MULTI_LAYER_MODES = ("incremental", "independent")
-SCHEDULES = ("constant", "linear_warmup")
+ScheduleKind = Literal["constant", "linear_warmup"]
 
 
 @dataclass(frozen=True)
-class CoefficientSchedule:
-    """Steering coefficient as a function of the optimiser step.
+class SteeringSettings:
+    """How :class:`PreventativeSteeringCallback` steers: its keyword arguments and a recipe's
+    ``steering:`` section (plus ``vector``), declared once here and checked by :mod:`persona_guard.schema`.
 
-    ``constant`` (the paper's setting) or ``linear_warmup``: ramp from 0 to ``coef`` over
-    ``warmup_steps`` (or ``warmup_ratio`` of the run), then hold.
+    ``layers``: one layer or several (``hidden_states`` indices, see :mod:`persona_guard.models`);
+    ``None`` steers the vector's ``default_layer``, so state a layer only to override the vector's.
+    ``coef`` with ``schedule``: ``constant`` (the paper's setting) or ``linear_warmup``, a ramp
+    from 0 to ``coef`` over ``warmup_steps`` optimiser steps (or ``warmup_ratio`` of the run), then
+    held. ``operator``, ``positions`` and ``multi_layer``: see the callback.
     """
 
-    coef: float
-    kind: str = "constant"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    layers: tuple[int, ...] | int | None = field(default=None, metadata=bounds(ge=0))
+    coef: float = 5.0
+    schedule: ScheduleKind = "constant"
+    warmup_steps: int = field(default=0, metadata=bounds(ge=0))
+    warmup_ratio: float = field(default=0.0, metadata=bounds(ge=0, le=1))
+    operator: Operator = "add"
+    positions: TrainingPositions = "all"
+    multi_layer: MultiLayerMode = "incremental"
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise PersonaGuardError(f"unknown coefficient schedule {self.kind!r}; choose from {', '.join(SCHEDULES)}")
+        check(self)
+        if self.layers == ():
+            raise FieldError("layers", "preventative steering needs at least one layer")
 
-    def __call__(self, step: int, max_steps: int) -> float:
-        if self.kind == "constant":
+    def coefficient(self, step: int, max_steps: int) -> float:
+        """The coefficient at optimiser ``step`` of ``max_steps`` (0-based; the schedule above)."""
+        if self.schedule == "constant":
             return self.coef
         warmup = self.warmup_steps or int(round(self.warmup_ratio * max(max_steps, 0)))
         if warmup <= 0:
@@ -96,41 +105,40 @@ class PreventativeSteeringCallback(TrainerCallback):
     setting) steers every token.
     """
 
-    def __init__(self, vector: PersonaVector, *, layers: int | Sequence[int] | None = None,
-                 coef: float = 5.0, operator: Operator = "add",
-                 multi_layer: MultiLayerMode = "incremental",
-                 schedule: CoefficientSchedule | Callable[[int, int], float] | None = None,
-                 positions: TrainingPositions = "all", layers_path: str | None = None) -> None:
-        if operator not in OPERATORS:
-            raise PersonaGuardError(f"unknown operator {operator!r}; choose from {', '.join(OPERATORS)}")
-        if multi_layer not in MULTI_LAYER_MODES:
-            raise PersonaGuardError(
-                f"unknown multi_layer mode {multi_layer!r}; choose from {', '.join(MULTI_LAYER_MODES)}")
-        if positions not in TRAINING_POSITIONS:
-            raise PersonaGuardError(
-                f"unknown positions {positions!r}; choose from {', '.join(TRAINING_POSITIONS)}")
+    def __init__(self, vector: PersonaVector, settings: SteeringSettings | None = None, *,
+                 layers_path: str | None = None, **options: Any) -> None:
+        """``settings`` (default :class:`SteeringSettings`), with ``options`` (its field names, e.g.
+        ``layers=20, coef=4.0``) replacing single fields; ``layers_path`` as in
+        :func:`persona_guard.models.decoder_layers`."""
+        try:
+            settings = replace(settings or SteeringSettings(), **options)
+        except TypeError as error:
+            raise PersonaGuardError(f"PreventativeSteeringCallback: {error}") from None
+        layers = settings.layers
         layer_list = [vector.resolve_layer(None)] if layers is None else (
             [layers] if isinstance(layers, int) else list(layers))
-        if not layer_list:
-            raise PersonaGuardError("preventative steering needs at least one layer")
         for layer in layer_list:
             vector.resolve_layer(layer)
         self.vector = vector
+        self.settings = settings
         self.layers = sorted(set(layer_list))
-        self.operator = operator
-        self.multi_layer = multi_layer
-        self.schedule = schedule or CoefficientSchedule(coef)
-        self.positions = positions
         self.layers_path = layers_path
         self.steering: Steering | None = None
         #: Forward passes of decoder blocks that were steered (all steered layers counted); lets
         #: tests and multi-process runs confirm that steering really happened on this rank.
         self.steered_calls = 0
+        #: The coefficient of the latest training step (None before training); after a warm-up
+        #: this is ``settings.coef``.
+        self.coef: float | None = None
         self._extra_handles: list = []
+
+    @property
+    def operator(self) -> Operator:
+        return self.settings.operator
 
     def directions(self) -> dict[int, torch.Tensor]:
         """What each steered layer adds (or ablates), before the coefficient."""
-        if self.operator == "add" and self.multi_layer == "incremental":
+        if self.operator == "add" and self.settings.multi_layer == "incremental":
             return incremental_directions(self.vector, self.layers)
         return {layer: self.vector.direction(layer) for layer in self.layers}
 
@@ -141,9 +149,10 @@ class PreventativeSteeringCallback(TrainerCallback):
     def attach(self, model: nn.Module, step: int = 0, max_steps: int = 0) -> None:
         """Hook ``model`` (any wrapper); replaces hooks from an earlier attach."""
         self.remove()
-        self.vector.check_model(model)
-        n_layers = len(decoder_layers(model, self.layers_path))
-        if self.operator == "add" and self.multi_layer == "incremental" and len(self.layers) > 1 \
+        blocks = decoder_layers(model, self.layers_path)
+        self.vector.check_compatible(unwrap_model(model).config.hidden_size, len(blocks))
+        n_layers = len(blocks)
+        if self.operator == "add" and self.settings.multi_layer == "incremental" and len(self.layers) > 1 \
                 and n_layers in self.layers:
             raise PersonaGuardError(
                 f"incremental multi-layer steering cannot include layer {n_layers}: the final norm sits "
@@ -151,13 +160,13 @@ class PreventativeSteeringCallback(TrainerCallback):
                 "multi_layer='independent' or leave out the last layer")
         device = model_device(model)
         directions = {layer: v.to(device) for layer, v in self.directions().items()}
-        self.steering = Steering(model, directions, coef=self.schedule(step, max_steps),
-                                 operator=self.operator, positions=self.positions, only_in_training=True,
+        self.coef = self.settings.coefficient(step, max_steps)
+        self.steering = Steering(model, directions, coef=self.coef, operator=self.operator,
+                                 positions=self.settings.positions, only_in_training=True,
                                  layers_path=self.layers_path).attach()
-        if self.positions == "response":
+        if self.settings.positions == "response":
             self._extra_handles.append(unwrap_model(model).register_forward_pre_hook(
                 self._read_labels, with_kwargs=True))
-        blocks = decoder_layers(model, self.layers_path)
         for layer in self.layers:  # the block that runs for each steered layer (block 0 for layer 0)
             self._extra_handles.append(blocks[max(layer - 1, 0)].register_forward_hook(self._count))
 
@@ -186,10 +195,6 @@ class PreventativeSteeringCallback(TrainerCallback):
             handle.remove()
         self._extra_handles = []
 
-    @property
-    def coef(self) -> float:
-        return self.steering.coef if self.steering is not None else self.schedule(0, 0)
-
     # TrainerCallback events -------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
@@ -198,7 +203,7 @@ class PreventativeSteeringCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.steering is not None:
-            self.steering.coef = float(self.schedule(state.global_step, state.max_steps))
+            self.coef = self.steering.coef = self.settings.coefficient(state.global_step, state.max_steps)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.remove()

@@ -32,9 +32,9 @@ def capability_path(option: str | None, bundled_name: str, what: str) -> str | N
 
 def run(args) -> int:
     from persona_guard.errors import PersonaGuardError
+    from persona_guard.training.evaluation import Arm, EvalSettings, compare, results_table
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
-    from persona_guard.training.evaluation import Arm, EvalSettings, compare, results_table
 
     if args.arm and (args.adapter or args.steer_coef):
         raise PersonaGuardError("use either --arm (compare mode) or --model/--adapter/--steer-coef, not both")

@@ -7,6 +7,20 @@ from pathlib import Path
 
 from persona_guard.commands.common import add_model_arguments
 from persona_guard.errors import PersonaGuardError
+from persona_guard.schema import add_arguments, values_from_args
+from persona_guard.screening.base_answers import BaseAnswerSettings
+from persona_guard.screening.policy import FlagPolicy
+from persona_guard.screening.scorer import ScreeningConfig
+
+#: library field -> command-line flag
+BASE_ANSWER_FLAGS = {"n": "--n-answers", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+                     "top_p": "--top-p", "seed": "--seed", "batch_size": "--generation-batch-size"}
+POLICY_FLAGS = {"top_k": "--top-k", "top_percent": "--top-percent", "threshold": "--threshold",
+                "percentile": "--percentile"}
+CACHE_FLAGS = {"answer_cache": "--answer-cache", "backend": "--backend"}
+BATCHING_FLAGS = {"batch_size": "--batch-size", "max_length": "--max-length", "shard_size": "--shard-size"}
+JUDGE_FLAGS = {"judge": "--judge", "judge_threshold": "--judge-threshold", "judge_combine": "--judge-combine"}
+SCREENING_FLAGS = {**CACHE_FLAGS, **BATCHING_FLAGS, **JUDGE_FLAGS}
 
 
 def _layer_overrides(specs: list[str], traits: list[str]) -> dict[str, int]:
@@ -38,18 +52,15 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 
 def run(args) -> int:
     from persona_guard.models import load_model
-    from persona_guard.vectors import PersonaVector
-    from persona_guard.screening.base_answers import BaseAnswerSettings
     from persona_guard.rows import read_rows
-    from persona_guard.screening.policy import FlagPolicy
     from persona_guard.screening.report import baseline_scores, compare_methods, labels_of, log_to_wandb, write_outputs
-    from persona_guard.screening.scorer import Screener, ScreeningConfig, current_processes
+    from persona_guard.screening.scorer import Screener, current_processes
+    from persona_guard.vectors import PersonaVector
 
     if args.percentile is not None and args.reference is None:
         raise PersonaGuardError("--percentile calibrates on a reference set: add --reference BENIGN.jsonl")
     percentile = args.percentile if args.percentile is not None else (95.0 if args.reference else None)
-    policy = FlagPolicy(top_k=args.top_k, top_percent=args.top_percent, threshold=args.threshold,
-                        percentile=percentile)
+    policy = FlagPolicy(**{**values_from_args(args, POLICY_FLAGS), "percentile": percentile})
     out = Path(args.out)
     shards = out / "shards"
     processes = current_processes()
@@ -64,13 +75,9 @@ def run(args) -> int:
     config = ScreeningConfig(
         mode="fast" if args.no_generate else "exact",
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
-        batch_size=args.batch_size, max_length=args.max_length, shard_size=args.shard_size,
-        base_answers=BaseAnswerSettings(n=args.n_answers, max_new_tokens=args.max_new_tokens,
-                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                        batch_size=args.generation_batch_size),
-        answer_cache=args.answer_cache, backend=args.backend, policy=policy,
-        judge=args.judge, judge_threshold=args.judge_threshold, judge_combine=args.judge_combine,
-        checkpoint_dir=str(shards), layers_path=args.layers_path,
+        base_answers=BaseAnswerSettings(**values_from_args(args, BASE_ANSWER_FLAGS)),
+        policy=policy, **values_from_args(args, SCREENING_FLAGS), checkpoint_dir=str(shards),
+        layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
     result = screener.score(raw_rows, reference=reference_rows)
@@ -114,35 +121,27 @@ def register(subparsers) -> None:
                         help="L for every vector or TRAIT=L (default: each vector's default layer)")
     parser.add_argument("--no-generate", action="store_true",
                         help="fast proxy: response projection minus last-prompt-token projection, no base answers")
+    # flags, types, defaults and ranges come from the library's dataclasses (persona_guard.schema)
     generation = parser.add_argument_group("base answers (exact mode)")
-    generation.add_argument("--n-answers", type=int, default=1, help="base answers per prompt (default 1)")
-    generation.add_argument("--max-new-tokens", type=int, default=128)
-    generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    generation.add_argument("--top-p", type=float, default=1.0)
-    generation.add_argument("--seed", type=int, default=0)
-    generation.add_argument("--generation-batch-size", type=int, default=16)
-    generation.add_argument("--answer-cache", default=None,
-                            help="SQLite cache of base answers (default: ~/.cache/persona-guard/base_answers.sqlite)")
-    generation.add_argument("--backend", choices=("auto", "transformers", "vllm"), default="auto",
-                            help="generation backend (auto: vLLM when installed and on GPU)")
+    add_arguments(generation, BaseAnswerSettings, BASE_ANSWER_FLAGS,
+                  {"n": "base answers per prompt", "temperature": "0 = greedy"})
+    add_arguments(generation, ScreeningConfig, CACHE_FLAGS,
+                  {"answer_cache": "SQLite cache of base answers (default: ~/.cache/persona-guard/base_answers.sqlite)",
+                   "backend": "generation backend (auto: vLLM when installed and on GPU)"})
     scale = parser.add_argument_group("batching")
-    scale.add_argument("--batch-size", type=int, default=8)
-    scale.add_argument("--max-length", type=int, default=2048, help="skip (and report) longer rows")
-    scale.add_argument("--shard-size", type=int, default=256, help="rows per checkpointed shard")
+    add_arguments(scale, ScreeningConfig, BATCHING_FLAGS,
+                  {"max_length": "skip (and report) longer rows", "shard_size": "rows per checkpointed shard"})
     scale.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --out")
     flagging = parser.add_argument_group("flagging policy (one of; default --top-percent 5)")
-    exclusive = flagging.add_mutually_exclusive_group()
-    exclusive.add_argument("--top-k", type=int, default=None)
-    exclusive.add_argument("--top-percent", type=float, default=None)
-    exclusive.add_argument("--threshold", type=float, default=None, help="flag dP above this value")
-    exclusive.add_argument("--percentile", type=float, default=None,
-                           help="flag dP above this percentile of the reference set's dP (default 95 with --reference)")
+    add_arguments(flagging.add_mutually_exclusive_group(), FlagPolicy, POLICY_FLAGS,
+                  {"threshold": "flag dP above this value",
+                   "percentile": "flag dP above this percentile of the reference set's dP "
+                                 "(default 95 with --reference)"})
     flagging.add_argument("--reference", default=None, help="benign reference set to calibrate the threshold")
-    flagging.add_argument("--judge", default=None,
-                          help="also score responses with a judge (persona_guard.judges spec, e.g. offline)")
-    flagging.add_argument("--judge-threshold", type=float, default=50.0, help="judge trait score that counts (0-100)")
-    flagging.add_argument("--judge-combine", choices=("and", "or"), default="and",
-                          help="flag when dP and (default) / or the judge agree")
+    add_arguments(flagging, ScreeningConfig, JUDGE_FLAGS,
+                  {"judge": "also score responses with a judge (persona_guard.judges spec, e.g. offline)",
+                   "judge_threshold": "judge trait score that counts (0-100)",
+                   "judge_combine": "flag when dP and / or the judge agree"})
     report = parser.add_argument_group("report")
     report.add_argument("--baselines", action="store_true",
                         help="compare with random, response-only and embedding-similarity rankings")

@@ -41,11 +41,26 @@ def run(args) -> int:
     return 0
 
 
+class ListKeys(argparse.Action):
+    """``train --keys``: the recipe schema, read from the dataclasses the library uses."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from persona_guard.schema import field_lines
+        from persona_guard.training.recipe import SECTION_TYPES
+
+        for name, cls in SECTION_TYPES.items():
+            print("\n".join(field_lines(cls, name)))
+        print("--training.<field>: any TRL SFTConfig field, checked against SFTConfig's annotations")
+        parser.exit()
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="fine-tune from a YAML recipe (LoRA or full; optional preventative steering)",
         description="Fine-tune from a YAML recipe. Extra --section.key=value arguments override recipe "
                     "fields, e.g. --training.learning_rate=1e-4 --steering.coef=3 --steering=null.")
+    parser.add_argument("--keys", action=ListKeys, nargs=0,
+                        help="list every recipe key (--section.key) with its type and default, then exit")
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/smollm2-135m/evil/preventative.yaml")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="--section.key=value",
                         help="recipe overrides (values are YAML)")
