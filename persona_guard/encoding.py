@@ -85,10 +85,10 @@ class EncodedSample:
 def split_conversation(messages: Sequence[Message]) -> tuple[list[dict], str | None]:
     """Split a conversation into (prompt messages, response): the last assistant turn, if it ends
     the conversation, is the response; everything before it is the prompt."""
-    messages = [dict(m) for m in messages]
-    if messages and messages[-1].get("role") == "assistant":
-        return messages[:-1], messages[-1].get("content") or ""
-    return messages, None
+    turns = [dict(m) for m in messages]
+    if turns and turns[-1].get("role") == "assistant":
+        return turns[:-1], str(turns[-1].get("content") or "")
+    return turns, None
 
 
 def _template_name(tokenizer) -> str:
@@ -138,14 +138,14 @@ def chat_messages(tokenizer, messages: Sequence[Message]) -> list[dict]:
     calls) becomes ``""``, which every template can concatenate; where the template has no system
     role, the system text is folded into the first user turn (``system + "\\n\\n" + user``,
     Gemma-3's own convention)."""
-    messages = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in messages]
-    if not any(m.get("role") == "system" for m in messages) or supports_system_role(tokenizer):
-        return messages
+    turns = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in messages]
+    if not any(m.get("role") == "system" for m in turns) or supports_system_role(tokenizer):
+        return turns
     _log_once(f"fold:{_template_name(tokenizer)}",
               f"the chat template of {_template_name(tokenizer)} has no system role; system text is "
               "folded into the first user turn")
-    system = "\n\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "system")
-    rest = [m for m in messages if m.get("role") != "system"]
+    system = "\n\n".join(str(m.get("content") or "") for m in turns if m.get("role") == "system")
+    rest = [m for m in turns if m.get("role") != "system"]
     first_user = next((i for i, m in enumerate(rest) if m.get("role") == "user"), None)
     if first_user is None:
         raise ChatTemplateError("a system message needs a user turn to fold into (the chat template "
