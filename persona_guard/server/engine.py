@@ -9,7 +9,8 @@ KV cache. Hooks at the monitored layers see every forward of that loop:
   is exactly what a teacher-forced pass over prompt + answer would compute at that position; the
   **response projection** (``response_mean``) is the mean of those projections over the answer's
   tokens. A row that stops at ``max_tokens`` needs its last token fed once more: that forward is
-  the loop's next step (shared with rows still generating), not a second pass over the text.
+  the loop's next step (shared with rows still generating), not a second pass over the text; when
+  no row is still generating it stops right after the deepest monitored layer.
 
 Per row: its own temperature, seed (a private ``torch.Generator``, so a seeded answer does not
 depend on its batch-mates), stop strings, ``max_tokens`` and logprobs. Logprobs are the
@@ -96,6 +97,10 @@ def reading_hooks(model: nn.Module, layers: Sequence[int], on_hidden: Callable[[
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _ReadingsDone(Exception):
+    """Raised after the deepest monitored layer when a forward is only needed for readings."""
 
 
 class _Row:
@@ -201,7 +206,7 @@ class Engine:
             input_ids[index, width - len(spec.prompt_ids):] = torch.tensor(spec.prompt_ids)
             mask[index, width - len(spec.prompt_ids):] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        state = {"prefill": True}
+        state = {"prefill": True, "last": False}
         watch = self.units if monitor else {}
 
         def on_hidden(layer: int, hidden: torch.Tensor) -> None:
@@ -215,6 +220,8 @@ class Engine:
                         row.result.response_sums[trait] = 0.0
                     elif row.feed_counts:
                         row.result.response_sums[trait] += value
+            if state["last"] and layer == layers[-1]:
+                raise _ReadingsDone
 
         was_training = self.model.training
         self.model.eval()
@@ -249,8 +256,12 @@ class Engine:
                                        device=self.device)
                     mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
                     next_position = next_position + 1
-                    output = self.model(input_ids=fed, attention_mask=mask, position_ids=next_position,
-                                        cache=cache, use_cache=True)
+                    state["last"] = not any(row.active for row in rows)  # only finished rows' last tokens
+                    try:
+                        output = self.model(input_ids=fed, attention_mask=mask, position_ids=next_position,
+                                            cache=cache, use_cache=True)
+                    except _ReadingsDone:
+                        break
                     cache, logits = output.cache, output.logits[:, -1]
                     for row in rows:  # a finished row's last token has now been fed
                         if not row.active:
