@@ -28,7 +28,6 @@ from pathlib import Path
 
 import openai
 import torch
-
 from transformers import AutoConfig
 
 from persona_guard.models import DEFAULT_MODEL, resolve_model_path

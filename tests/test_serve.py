@@ -19,6 +19,8 @@ import openai
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from persona_guard.activations import capture_activations
@@ -28,6 +30,7 @@ from persona_guard.models import load_model
 from persona_guard.monitor import PersonaMonitor
 from persona_guard.server.engine import Engine, RowSpec
 from persona_guard.server.policy import Policy
+from persona_guard.server.protocol import RequestError, parse_request
 from persona_guard.steering import Steering
 from persona_guard.vectors import PersonaVector
 from tests.conftest import make_tiny_model
@@ -313,7 +316,7 @@ def _chromium() -> str | None:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found or not shutil.which("apt-get"):
         return found
-    subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "chromium"], check=False, capture_output=True, timeout=600)
     return shutil.which("chromium")
 
 
@@ -326,7 +329,7 @@ def test_dashboard_renders_readings_in_headless_chromium(world):
     for prompt in PROMPTS[:3]:
         api.chat.completions.create(model="tiny", messages=chat(prompt), max_tokens=3, temperature=0)
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", f"{world['url'][:-3]}/dashboard"], capture_output=True, text=True,
+                          "--dump-dom", f"{world['url'][:-3]}/dashboard"], check=False, capture_output=True, text=True,
                          timeout=120).stdout
     assert "persona-guard monitor" in dom and "<polyline" in dom
     assert "evil" in dom and "ALERT" in dom and "tiny" in dom
@@ -406,3 +409,23 @@ def test_monitor_calibrate_writes_percentile_thresholds(tmp_path, tokenizer):
     assert evil.calibration["prompt_last"].mean == pytest.approx(float(values.mean()), abs=1e-6)
     assert sum(v > evil.threshold.prompt_last for v in values.tolist()) == 1
     assert policy.calibration["percentile"] == 80 and policy.calibration["conversations"] == len(CONVERSATIONS)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                       max_size=3), max_leaves=8)
+fields = st.sampled_from(["messages", "max_tokens", "max_completion_tokens", "temperature", "seed", "n", "stop",
+                          "logprobs", "top_logprobs", "stream", "stream_options", "return_token_ids", "model",
+                          "persona_guard", "metadata"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(fields, json_values, max_size=6) | json_values)
+def test_any_json_body_is_accepted_or_refused_with_a_request_error(body):
+    """No JSON body makes validation fail with anything but a RequestError naming a field."""
+    try:
+        params = parse_request(body, model_name="tiny", max_tokens_cap=64)
+    except RequestError as error:
+        assert error.status == 400 and str(error)
+    else:
+        assert params.messages and 1 <= params.max_tokens <= 64 and 1 <= params.n

@@ -10,7 +10,7 @@ from pathlib import Path
 from persona_guard.commands.common import add_model_arguments
 from persona_guard.commands.monitor import parse_thresholds
 from persona_guard.errors import PersonaGuardError
-from persona_guard.server.policy import ACTIONS, Policy, TraitPolicy
+from persona_guard.server.policy import ACTIONS, Policy
 from persona_guard.vectors import PersonaVector
 
 API_KEY_ENV = "PERSONA_GUARD_API_KEY"

@@ -34,8 +34,17 @@ from persona_guard.llm_client import TokenLogprobs, render_messages
 from persona_guard.server.engine import Engine, RowResult, RowSpec
 from persona_guard.server.observe import AuditLog, Feed, Metrics, Webhook
 from persona_guard.server.policy import Policy, TraitVerdict, verdict
-from persona_guard.server.protocol import (ChatParams, RequestError, chunk_body, completion_body, error_body,
-                                           logprob_entry, new_completion_id, parse_request, usage_of)
+from persona_guard.server.protocol import (
+    ChatParams,
+    RequestError,
+    chunk_body,
+    completion_body,
+    error_body,
+    logprob_entry,
+    new_completion_id,
+    parse_request,
+    usage_of,
+)
 from persona_guard.steering import Steering
 from persona_guard.vectors import PersonaVector
 

@@ -54,7 +54,7 @@ class TraitPolicy:
     layer: int | None = None
     action: str = "log"
     steer_coef: float = 4.0
-    threshold: Threshold = Threshold()
+    threshold: Threshold = field(default_factory=Threshold)
     calibration: dict[str, Stats] = field(default_factory=dict)
 
     def over(self, reading: str, value: float | None) -> bool:

@@ -23,8 +23,7 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import EncodedSample
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
-from persona_guard.server.app import (ChoiceOutcome, MonitorService, ServerConfig, blocked_outcome,
-                                      forecast_actions)
+from persona_guard.server.app import ChoiceOutcome, MonitorService, ServerConfig, blocked_outcome, forecast_actions
 from persona_guard.server.observe import Metrics
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import ChatParams, RequestError
