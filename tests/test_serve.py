@@ -47,8 +47,9 @@ def chat(prompt: str) -> list[dict]:
 class WebhookReceiver:
     """A loopback endpoint recording every JSON POST."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.events: list[dict] = []
+        self.failures = failures  # answer 503 this many times first
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +57,13 @@ class WebhookReceiver:
                 pass
 
             def do_POST(self):
-                receiver.events.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if receiver.failures:
+                    receiver.failures -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                receiver.events.append(event)
                 self.send_response(204)
                 self.end_headers()
 
@@ -429,3 +436,32 @@ def test_any_json_body_is_accepted_or_refused_with_a_request_error(body):
         assert error.status == 400 and str(error)
     else:
         assert params.messages and 1 <= params.max_tokens <= 64 and 1 <= params.n
+
+
+def test_webhook_retries_in_the_background_and_counts_what_it_gives_up():
+    import asyncio
+
+    from persona_guard.server.observe import Metrics, Webhook
+
+    flaky, dead = WebhookReceiver(failures=2), WebhookReceiver(failures=99)
+    metrics = Metrics()
+
+    async def send() -> float:
+        started = time.perf_counter()
+        Webhook(flaky.url, backoff=0.01, metrics=metrics).send({"n": 1})
+        Webhook(dead.url, retries=2, backoff=0.01, metrics=metrics).send({"n": 2})
+        returned = time.perf_counter() - started
+        deadline = time.monotonic() + 20
+        while (not flaky.events or not failed()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return returned
+
+    def failed() -> float:
+        return metrics.registry.get_sample_value("persona_guard_webhook_failures_total")
+
+    returned = asyncio.run(send())
+    assert returned < 0.05  # send() never waits for the POST
+    assert flaky.events == [{"n": 1}] and flaky.failures == 0 and dead.failures == 96
+    assert failed() == 1
+    for receiver in (flaky, dead):
+        receiver.server.shutdown()
