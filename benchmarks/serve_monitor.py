@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer", type=int, default=None, help="vector layer (default: the middle one)")
+    parser.add_argument("--batch-window-ms", type=float, default=50.0,
+                        help="server A's batching window (requests arriving later wait for the next batch)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the servers below are stopped too
 
     config = AutoConfig.from_pretrained(resolve_model_path(args.model))
     layers = config.num_hidden_layers
@@ -92,7 +96,8 @@ def main() -> None:
         path = vector.save(Path(tmp) / "probe.safetensors")
         common = ["--model", args.model, "--device", "cpu", "--served-model-name", "bench", "--monitor", str(path),
                   "--allow-unmonitored"]
-        batched, batched_url = start([*common, "--max-batch-rows", str(args.clients)])
+        batched, batched_url = start([*common, "--max-batch-rows", str(args.clients),
+                                      "--batch-window-ms", str(args.batch_window_ms)])
         serial, serial_url = start([*common, "--max-batch-rows", "1"])
         try:
             phases = {"batched, monitored": (batched_url, True), "batched, unmonitored": (batched_url, False),

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
 from persona_guard.server.engine import Engine, RowResult, RowSpec
 from persona_guard.server.observe import AuditLog, Feed, Metrics, Webhook
@@ -306,6 +307,10 @@ def create_app(service: MonitorService) -> FastAPI:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError):
         return JSONResponse(error_body(str(error), error.kind, error.param), error.status)
+
+    @app.exception_handler(PersonaGuardError)
+    async def usage_error(request: Request, error: PersonaGuardError):  # e.g. a model without a chat template
+        return JSONResponse(error_body(str(error)), 400)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception):
