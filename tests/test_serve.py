@@ -319,19 +319,23 @@ def test_client_errors_are_openai_error_bodies(world):
     assert httpx.get(f"{world['upstream_url'][:-3]}/metrics").status_code == 401
 
 
-def _chromium() -> str | None:
+def _chromium() -> tuple[str | None, str]:
+    """The chromium binary, installed with apt-get where missing; else (None, why)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found or not shutil.which("apt-get"):
-        return found
-    subprocess.run(["apt-get", "install", "-y", "chromium"], check=False, capture_output=True, timeout=600)
-    return shutil.which("chromium")
+    if found:
+        return found, ""
+    if not shutil.which("apt-get"):
+        return None, "no chromium and no apt-get to install it"
+    result = subprocess.run(["apt-get", "install", "-y", "chromium"], check=False, capture_output=True, text=True,
+                            timeout=900)
+    last = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+    return shutil.which("chromium"), f"'apt-get install -y chromium' failed: {last[0]}"
 
 
 def test_dashboard_renders_readings_in_headless_chromium(world):
-    browser = _chromium()
+    browser, why = _chromium()
     if browser is None:
-        pytest.skip("no chromium, and 'apt-get install -y chromium' did not provide one "
-                    "(apt-get missing, or its sources unusable here)")
+        pytest.skip(why)
     api = client(world["url"])
     for prompt in PROMPTS[:3]:
         api.chat.completions.create(model="tiny", messages=chat(prompt), max_tokens=3, temperature=0)
