@@ -1,8 +1,13 @@
-"""``persona-guard monitor``: projections and alerts for a JSONL file of conversations."""
+"""``persona-guard monitor``: projections and alerts for a JSONL file of conversations, and
+``persona-guard monitor calibrate``: thresholds for ``persona-guard serve`` from a benign set."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from persona_guard.commands.common import add_model_arguments
 from persona_guard.errors import PersonaGuardError
@@ -35,6 +40,8 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
 
 
 def run(args) -> int:
+    if args.conversations == "calibrate":
+        return calibrate(args)
     rows = strict_rows(read_rows(args.conversations), need="prompt")
     samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
@@ -57,10 +64,55 @@ def run(args) -> int:
     return 0
 
 
+def calibrate(args) -> int:
+    """Readings over a benign set -> per-trait thresholds at ``--percentile`` and mean/std for z-scores,
+    merged into the policy file (other traits and settings in it are kept)."""
+    from persona_guard.bundled import dataset_path
+    from persona_guard.server.policy import Policy, Stats
+
+    if not args.policy:
+        raise PersonaGuardError("monitor calibrate: --policy FILE is required (it is created or updated)")
+    if not 0 < args.percentile <= 100:
+        raise PersonaGuardError(f"--percentile must be in (0, 100], got {args.percentile}")
+    source = Path(args.set) if args.set else dataset_path("benign_heldout.jsonl")
+    conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
+                     for sample in row.samples]
+    vectors = [PersonaVector.load(path) for path in args.vector]
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
+    monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers, batch_size=args.batch_size,
+                             layers_path=args.layers_path)
+    readings = monitor.read(conversations)
+    policy_path = Path(args.policy)
+    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()
+    for vector, path in zip(vectors, args.vector):
+        thresholds, stats = {}, {}
+        for name in ("prompt_last", "response_mean"):
+            values = np.array([v for r in readings if (v := getattr(r.traits[vector.trait], name)) is not None])
+            if len(values):
+                thresholds[name] = float(np.percentile(values, args.percentile))
+                stats[name] = Stats(float(values.mean()), float(values.std()))
+        current = policy.for_trait(vector.trait)
+        policy = policy.with_trait(replace(
+            current, vector=os.path.relpath(Path(path).resolve(), policy_path.resolve().parent),
+            layer=monitor.layers[vector.trait], threshold=Threshold(**thresholds), calibration=stats))
+        print(f"{vector.trait} @ layer {monitor.layers[vector.trait]}: "
+              + ", ".join(f"{k} threshold {v:.4f} (mean {stats[k].mean:.4f}, std {stats[k].std:.4f})"
+                          for k, v in thresholds.items()))
+    policy = replace(policy, calibration={"set": str(source), "percentile": args.percentile,
+                                          "conversations": len(conversations), "model": args.model})
+    policy.save(policy_path)
+    print(f"{len(conversations)} conversations, thresholds at the {args.percentile}th percentile -> {policy_path}")
+    return 0
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("monitor", help="project conversations onto persona vectors, alert on thresholds")
+    parser = subparsers.add_parser(
+        "monitor", help="project conversations onto persona vectors, alert on thresholds; "
+                        "'monitor calibrate' sets serving thresholds from a benign set")
     parser.add_argument("conversations", help="rows to read (JSONL, Parquet, CSV; any form in docs/data.md; "
-                        "a prompt without an answer gets prompt_last only)")
+                        "a prompt without an answer gets prompt_last only), or the word 'calibrate' to "
+                        "write thresholds into --policy")
     parser.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     add_model_arguments(parser)
     parser.add_argument("--layer", type=int, default=None, help="override every vector's default layer")
@@ -68,4 +120,9 @@ def register(subparsers) -> None:
                         help="TRAIT:prompt_last=X[,response_mean=Y] (repeatable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.monitor.jsonl)")
+    parser.add_argument("--policy", default=None, help="calibrate: policy YAML to create or update")
+    parser.add_argument("--set", default=None,
+                        help="calibrate: benign conversations JSONL (default: the bundled benign_heldout set)")
+    parser.add_argument("--percentile", type=float, default=99.0,
+                        help="calibrate: thresholds at this percentile of the benign readings (default 99)")
     parser.set_defaults(func=run)
