@@ -35,6 +35,7 @@ from persona_guard import metrics
 from persona_guard.activations import REDUCTIONS, capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
 from persona_guard.models import decoder_layers
@@ -355,8 +356,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_json_atomic(path, data)
 
 
 def plot_layers(report: dict, path: Path) -> Path:
@@ -378,6 +378,7 @@ def plot_layers(report: dict, path: Path) -> Path:
     right.set(title="separation of projections (AUROC)", xlabel="layer", ylabel="AUROC", ylim=(0.0, 1.05))
     right.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110)
     plt.close(figure)
     return path

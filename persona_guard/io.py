@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -29,12 +30,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def conversation_of(row: dict, where: str) -> list[dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 N_INSTRUCTIONS = 5
@@ -79,11 +80,9 @@ class Trait:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = (yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
                 if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_text_atomic(path, text)
 
 
 def _err(where: str, message: str) -> PersonaGuardError:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard import metrics
 from persona_guard.screening.baselines import SentenceEmbedder, random_scores
 from persona_guard.screening.data import last_user_turn
@@ -38,8 +39,7 @@ def _json_line(record: dict) -> str:
 
 
 def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        handle.writelines(_json_line(r) for r in records)
+    write_text_atomic(path, "".join(_json_line(r) for r in records))
 
 
 # ---- baselines ----------------------------------------------------------------------------------
@@ -161,7 +161,8 @@ def plot_histogram(path: Path, trait: str, result: ScreenResult) -> Path:
     axes.set_title(f"{trait}: {len(scores.dp)} samples, {int(scores.flagged.sum())} flagged")
     axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
-    figure.savefig(path, dpi=110, metadata={"Software": None})
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110, metadata={"Software": None})
     plt.close(figure)
     return path
 
@@ -279,11 +280,11 @@ def write_outputs(result: ScreenResult, out_dir: str | Path, *, source: str, mod
     write_jsonl(files.filtered, [r for r in records if not r["flagged"]])
     write_jsonl(files.skipped, [s.to_dict() for s in result.skipped])
     summary = summarize(result, source=source, model_id=model_id, comparisons=comparisons)
-    files.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(files.summary, summary)
     for trait, path in files.histograms.items():
         plot_histogram(path, trait, result)
-    files.markdown.write_text(render_markdown(summary, result, files.histograms), encoding="utf-8")
-    files.html.write_text(render_html(summary, result, files.histograms), encoding="utf-8")
+    write_text_atomic(files.markdown, render_markdown(summary, result, files.histograms))
+    write_text_atomic(files.html, render_html(summary, result, files.histograms))
     return files, summary
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 from persona_guard.models import cache_dir, resolve_model_path
 from persona_guard.vectors import PersonaVector, vectors_by_trait
 from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
@@ -288,7 +289,7 @@ class Screener:
                 if path is None or not path.exists():
                     records[k] = self._score_shard(shards[k])
                     if path is not None:
-                        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
+                        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
                     if self.on_shard_done is not None:
                         self.on_shard_done(k)
                 bar.update(len(shards[k]))
@@ -312,7 +313,7 @@ class Screener:
                         "or settings); use another output dir or --overwrite")
             else:
                 checkpoint.mkdir(parents=True, exist_ok=True)
-                _write_atomic(manifest, json.dumps(fingerprint, indent=2))
+                write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
         processes.barrier()
 
     def _score_shard(self, shard: Sequence[ScreenRow]) -> list[dict]:
@@ -420,10 +421,3 @@ def _raw_rows(dataset) -> list[RawRow]:
     if dataset and isinstance(dataset, list) and isinstance(dataset[0], RawRow):
         return list(dataset)
     return rows_from_records(dataset)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import torch
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_json_atomic
 from persona_guard.vectors import PersonaVector
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.recipe import SOURCE_ROW, Recipe, WandbSettings, load_sft_dataset, resolve_data_path
@@ -193,7 +193,7 @@ def write_rank_report(run: TrainingRun) -> Path | None:
         return None
     rank = int(os.environ.get("RANK", "0"))
     path = Path(run.trainer.args.output_dir) / f"steering_rank{rank}.json"
-    path.write_text(json.dumps({"rank": rank, "steered_block_forwards": run.steering.steered_calls,
-                                "layers": run.steering.layers, "operator": run.steering.operator,
-                                "coef": run.steering.coef}, indent=2))
+    write_json_atomic(path, {"rank": rank, "steered_block_forwards": run.steering.steered_calls,
+                             "layers": run.steering.layers, "operator": run.steering.operator,
+                             "coef": run.steering.coef})
     return path

@@ -11,7 +11,6 @@ user would get). :func:`compare` writes one table (Markdown + JSON) and one PNG.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from persona_guard.activations import capture_activations, pad_batch, position_ids_from_mask
 from persona_guard.encoding import encode_chat, encode_conversation
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import conversation_of, read_jsonl
 from persona_guard.steering import Steering
@@ -53,6 +53,8 @@ class Arm:
             steer_coef = float(coef) if at else 0.0
         except ValueError:
             raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a number") from None
+        if not math.isfinite(steer_coef):
+            raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a finite number")
         return cls(name, model, adapter or None, steer_coef)
 
 
@@ -273,7 +275,8 @@ def plot_results(results: Sequence[ArmResult], path: Path, title: str) -> Path:
         axis.set_title(label)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=120)
     plt.close(figure)
     return path
 
@@ -287,8 +290,8 @@ def compare(arms: Sequence[Arm], trait: Trait, vector: PersonaVector | None, set
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = [evaluate_arm(arm, trait, vector, settings) for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
-    (out_dir / "results.json").write_text(json.dumps(
-        {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]}, indent=2))
-    (out_dir / "results.md").write_text(results_table(results) + "\n")
+    write_json_atomic(out_dir / "results.json",
+                      {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]})
+    write_text_atomic(out_dir / "results.md", results_table(results) + "\n")
     plot_results(results, out_dir / "comparison.png", f"{trait.name}: {len(results)} arms")
     return results

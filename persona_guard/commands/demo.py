@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from persona_guard.commands.common import finite_float
 from persona_guard.demo import DemoConfig, run_demo
 
 
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the whole path in minutes")
     parser.add_argument("--out", default=None, help="output dir (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--prevent-coef", type=float, default=None, help="preventative steering coefficient")
-    parser.add_argument("--inference-coef", type=float, default=None, help="inference steering coefficient")
+    parser.add_argument("--prevent-coef", type=finite_float, default=None, help="preventative steering coefficient")
+    parser.add_argument("--inference-coef", type=finite_float, default=None, help="inference steering coefficient")
     parser.add_argument("--train-rows", type=int, default=None, help="fine-tuning rows per arm")
-    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--learning-rate", type=finite_float, default=None)
     parser.set_defaults(func=run)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 
 BUNDLED_BENIGN = "benign_heldout.jsonl"
 BUNDLED_MC = "capability_mc.jsonl"
@@ -60,7 +60,7 @@ def register(subparsers) -> None:
         description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--adapter", default=None, help="LoRA adapter dir to load on --model")
-    parser.add_argument("--steer-coef", type=float, default=None,
+    parser.add_argument("--steer-coef", type=finite_float, default=None,
                         help="steer with the vector at inference (negative suppresses the trait)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=MODEL[:ADAPTER][@COEF]",
                         help="compare mode: one arm per --arm")
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
     parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
     parser.add_argument("--judge", default="offline", help="offline | openai:<model> | local:<model> | none")
     parser.add_argument("--samples", type=int, default=1, help="answers per eval question")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--max-questions", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from persona_guard.activations import REDUCTIONS
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 from persona_guard.extraction import SOURCES, ExtractionConfig, extract_vector
 from persona_guard.judges import make_judge
 from persona_guard.models import load_model
@@ -65,14 +65,14 @@ def register(subparsers) -> None:
     parser.add_argument("--n-per-question", type=int, default=1, help="samples per question and instruction pair")
     parser.add_argument("--questions", type=int, default=None, help="use the first K extraction questions")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=finite_float, default=0.7)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pos-threshold", type=float, default=50.0,
+    parser.add_argument("--pos-threshold", type=finite_float, default=50.0,
                         help="keep a pair only if the trait answer's judge score is >= this (default 50)")
-    parser.add_argument("--neg-threshold", type=float, default=50.0,
+    parser.add_argument("--neg-threshold", type=finite_float, default=50.0,
                         help="... and the opposite answer's score is < this (default 50)")
-    parser.add_argument("--coherence-threshold", type=float, default=50.0,
+    parser.add_argument("--coherence-threshold", type=finite_float, default=50.0,
                         help="... and both answers' coherence is >= this (default 50)")
     parser.add_argument("--min-pairs", type=int, default=3)
     add_judge_arguments(parser)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 from persona_guard.errors import PersonaGuardError
 from persona_guard.io import conversation_of, read_jsonl, write_jsonl
 from persona_guard.models import load_model
@@ -24,9 +25,9 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
                 raise PersonaGuardError(f"--threshold {spec!r}: unknown key {key!r} "
                                         "(use prompt_last= or response_mean=)")
             try:
-                values[key] = float(value)
-            except ValueError:
-                raise PersonaGuardError(f"--threshold {spec!r}: {value!r} is not a number") from None
+                values[key] = finite_float(value)
+            except ArgumentTypeError as error:
+                raise PersonaGuardError(f"--threshold {spec!r}: {error}") from None
         if not trait or not values:
             raise PersonaGuardError(f"--threshold {spec!r}: expected TRAIT:prompt_last=X[,response_mean=Y]")
         thresholds[trait] = Threshold(**values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 from persona_guard.errors import PersonaGuardError
 
 
@@ -117,8 +117,8 @@ def register(subparsers) -> None:
     generation = parser.add_argument_group("base answers (exact mode)")
     generation.add_argument("--n-answers", type=int, default=1, help="base answers per prompt (default 1)")
     generation.add_argument("--max-new-tokens", type=int, default=128)
-    generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    generation.add_argument("--top-p", type=float, default=1.0)
+    generation.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
+    generation.add_argument("--top-p", type=finite_float, default=1.0)
     generation.add_argument("--seed", type=int, default=0)
     generation.add_argument("--generation-batch-size", type=int, default=16)
     generation.add_argument("--answer-cache", default=None,
@@ -133,14 +133,14 @@ def register(subparsers) -> None:
     flagging = parser.add_argument_group("flagging policy (one of; default --top-percent 5)")
     exclusive = flagging.add_mutually_exclusive_group()
     exclusive.add_argument("--top-k", type=int, default=None)
-    exclusive.add_argument("--top-percent", type=float, default=None)
-    exclusive.add_argument("--threshold", type=float, default=None, help="flag dP above this value")
-    exclusive.add_argument("--percentile", type=float, default=None,
+    exclusive.add_argument("--top-percent", type=finite_float, default=None)
+    exclusive.add_argument("--threshold", type=finite_float, default=None, help="flag dP above this value")
+    exclusive.add_argument("--percentile", type=finite_float, default=None,
                            help="flag dP above this percentile of the reference set's dP (default 95 with --reference)")
     flagging.add_argument("--reference", default=None, help="benign reference set to calibrate the threshold")
     flagging.add_argument("--judge", default=None,
                           help="also score responses with a judge (persona_guard.judges spec, e.g. offline)")
-    flagging.add_argument("--judge-threshold", type=float, default=50.0, help="judge trait score that counts (0-100)")
+    flagging.add_argument("--judge-threshold", type=finite_float, default=50.0, help="judge trait score that counts (0-100)")
     flagging.add_argument("--judge-combine", choices=("and", "or"), default="and",
                           help="flag when dP and (default) / or the judge agree")
     report = parser.add_argument_group("report")

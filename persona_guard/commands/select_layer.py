@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 from persona_guard.commands.extract import add_judge_arguments, judge_from_args
 from persona_guard.errors import PersonaGuardError
 from persona_guard.layer_selection import LayerSelectionConfig, select_layer, store_choice
@@ -16,15 +17,15 @@ from persona_guard.vectors import PersonaVector
 def number_list(text: str, kind, flag: str) -> tuple:
     try:
         return tuple(kind(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    except (ValueError, ArgumentTypeError):
+        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated finite numbers") from None
 
 
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
     trait = load_trait(args.trait or vector.trait)
     config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
-                                  coefs=number_list(args.coefs, float, "--coefs"), questions=args.questions,
+                                  coefs=number_list(args.coefs, finite_float, "--coefs"), questions=args.questions,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                                   coherence_threshold=args.coherence_threshold, layers_path=args.layers_path)
     loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--coherence-threshold", type=float, default=50.0)
+    parser.add_argument("--coherence-threshold", type=finite_float, default=50.0)
     parser.add_argument("--out", default=None, help="where tables and the heat map go (default: the vector's dir)")
     parser.add_argument("--no-save", action="store_true", help="do not write the choice back into the vector")
     add_judge_arguments(parser)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
 from persona_guard.steering import OPERATORS, POSITIONS, Steering
@@ -48,12 +48,12 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--vector", required=True, help="persona vector .safetensors (or paper .pt)")
     parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
-    parser.add_argument("--coef", type=float, default=4.0, help="steering strength; negative suppresses")
+    parser.add_argument("--coef", type=finite_float, default=4.0, help="steering strength; negative suppresses")
     parser.add_argument("--operator", choices=OPERATORS, default="add")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--system", default=None, help="optional system prompt")
     parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=finite_float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from persona_guard.commands.common import finite_float
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import client_from_options
 from persona_guard.trait_generation import generate_trait
@@ -41,6 +42,6 @@ def add_generate_action(actions) -> None:
     add_generator_arguments(parser)
     parser.add_argument("--attempts", type=int, default=3, help="tries, each fed the previous validation error")
     parser.add_argument("--max-tokens", type=int, default=8000)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=finite_float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from persona_guard.commands.common import finite_float
 from persona_guard.errors import PersonaGuardError
 from persona_guard.vectors import PersonaVector
 
@@ -51,6 +52,6 @@ def register(subparsers) -> None:
     export.add_argument("--out", required=True)
     export.add_argument("--layer", type=int, default=None, help="one layer (default: the vector's default)")
     export.add_argument("--all-layers", action="store_true")
-    export.add_argument("--coef", type=float, default=1.0, help="scale baked into the file")
+    export.add_argument("--coef", type=finite_float, default=1.0, help="scale baked into the file")
     export.add_argument("--model-hint", default="llama")
     export.set_defaults(func=run_export)
