@@ -10,9 +10,12 @@ the kept answers are captured at every layer in one pass and the vector is
 ``source="exemplars"``: the trait's written extraction exemplars are teacher-forced (no generation,
 no judge). Small models that follow "be evil" prompts poorly still yield a clean direction this way.
 
-Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, keyed
-by question / instruction / sample / seed (plus the generation settings), so an interrupted or
-repeated run redoes nothing.
+Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, so an
+interrupted or repeated run redoes nothing. A key covers every input that changes the cached value:
+for an answer, the system prompt's and the question's text, the sample, the model (config and
+weights, :func:`persona_guard.models.model_fingerprint`), its chat template and the generation
+settings (batch size included: it fixes the seeded chunks); for a judgement, the judge (its name
+states its model, endpoint and scoring), the whole trait, the question and the answer.
 
 Every run also measures held-out separation: the AUROC, per layer, of projections of the trait's
 held-out exemplar answers (on eval questions, never used to build the vector), trait vs opposite.
@@ -38,7 +41,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, write_json_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
-from persona_guard.models import decoder_layers
+from persona_guard.models import decoder_layers, model_fingerprint
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector, mean_difference
 
@@ -87,8 +90,15 @@ class Pair:
     instruction: int
     sample: int
 
-    def key(self, polarity: str, fingerprint: str) -> str:
-        return f"{fingerprint}|{polarity}|{self.instruction}|{self.sample}|{self.question}"
+    def system(self, trait: Trait, polarity: str) -> str:
+        """The system prompt this pair's ``polarity`` ("pos" / "neg") answer is generated under."""
+        pair = trait.instructions[self.instruction]
+        return pair.pos if polarity == "pos" else pair.neg
+
+    def key(self, trait: Trait, polarity: str, fingerprint: str) -> str:
+        """Cache key of one answer: the texts it is generated from, not their positions."""
+        texts = hashlib.sha256(json.dumps([self.system(trait, polarity), self.question]).encode()).hexdigest()
+        return f"{fingerprint}|{polarity}|{self.sample}|{texts[:32]}"
 
 
 # ---- small statistics ----------------------------------------------------------------------------
@@ -178,7 +188,14 @@ class JsonlCache:
 
     def extend(self, rows: Sequence[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as tail:
+                tail.seek(-1, 2)
+                torn = tail.read(1) != b"\n"
         with self.path.open("a", encoding="utf-8") as handle:
+            if torn:
+                handle.write("\n")  # end a line torn by a crash, so it does not swallow the next row
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 self.rows[row["key"]] = row
@@ -186,6 +203,13 @@ class JsonlCache:
 
 def _fingerprint(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _generation_fingerprint(model, tokenizer, model_id: str, config: ExtractionConfig) -> str:
+    return _fingerprint(model=model_fingerprint(model, model_id),
+                        chat_template=getattr(tokenizer, "chat_template", None),
+                        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
+                        batch_size=max(1, config.batch_size))
 
 
 # ---- pipeline ------------------------------------------------------------------------------------
@@ -197,27 +221,25 @@ def _prompt(system: str, question: str) -> list[dict]:
 
 def _generate_answers(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
                       model_id: str, cache: JsonlCache, progress: bool) -> int:
-    fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, seed=config.seed)
+    fingerprint = _generation_fingerprint(model, tokenizer, model_id, config)
     items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
     chunk = max(1, config.batch_size)
     # Fixed chunks over the full item list, each seeded by its index: an answer depends only on the
     # configuration, not on what an earlier (interrupted) run already cached.
     chunks = [(index, items[begin:begin + chunk]) for index, begin in enumerate(range(0, len(items), chunk))]
     todo = [(index, part) for index, part in chunks
-            if any(p.key(polarity, fingerprint) not in cache for p, polarity in part)]
+            if any(p.key(trait, polarity, fingerprint) not in cache for p, polarity in part)]
     generated = 0
     with tqdm(total=sum(len(part) for _, part in todo), desc=f"generating {trait.name} answers",
               disable=not progress, unit="answer") as bar:
         for index, part in todo:
-            prompts = [_prompt(trait.instructions[p.instruction].pos if polarity == "pos"
-                               else trait.instructions[p.instruction].neg, p.question) for p, polarity in part]
+            prompts = [_prompt(p.system(trait, polarity), p.question) for p, polarity in part]
             answers = generate_responses(model, tokenizer, prompts, GenerationConfig(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                 batch_size=chunk, seed=config.seed + 1000 * index), progress=False)
             new = [(p, polarity, answer) for (p, polarity), answer in zip(part, answers)
-                   if p.key(polarity, fingerprint) not in cache]
-            cache.extend([{"key": p.key(polarity, fingerprint), "polarity": polarity, "question": p.question,
+                   if p.key(trait, polarity, fingerprint) not in cache]
+            cache.extend([{"key": p.key(trait, polarity, fingerprint), "polarity": polarity, "question": p.question,
                            "instruction": p.instruction, "sample": p.sample, "seed": config.seed,
                            "answer": answer} for p, polarity, answer in new])
             generated += len(new)
@@ -281,9 +303,9 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
                  for s in range(config.n_per_question)]
         generations = JsonlCache(out_dir / "cache" / "generations.jsonl")
         generated = _generate_answers(model, tokenizer, trait, pairs, config, model_id, generations, progress)
-        fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
-                                   temperature=config.temperature, seed=config.seed)
-        answers = {(p, pol): generations[p.key(pol, fingerprint)]["answer"] for p in pairs for pol in ("pos", "neg")}
+        fingerprint = _generation_fingerprint(model, tokenizer, model_id, config)
+        answers = {(p, pol): generations[p.key(trait, pol, fingerprint)]["answer"]
+                   for p in pairs for pol in ("pos", "neg")}
         items = [(p.question, answers[(p, pol)]) for p in pairs for pol in ("pos", "neg")]
         scores, judged = _judge_answers(judge, trait, items, JsonlCache(out_dir / "cache" / "judgements.jsonl"),
                                         progress)

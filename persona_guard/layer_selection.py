@@ -127,10 +127,15 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     else:
         raise PersonaGuardError(f"no steered cell kept coherence >= {config.coherence_threshold:g} and the trait "
                                 "has no held-out exemplars; try smaller --coefs")
-    stem = out_dir / f"{vector.trait}_layer_selection"
+    stem = selection_stem(out_dir, vector.trait)
     table_csv, table_md = write_tables(cells, stem)
     heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
     return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
+
+
+def selection_stem(out_dir: str | Path, trait: str) -> Path:
+    """``<out_dir>/<trait>_layer_selection``: the tables get ``.csv``/``.md``, the heat map ``.png``."""
+    return Path(out_dir) / f"{trait}_layer_selection"
 
 
 def store_choice(vector: PersonaVector, selection: LayerSelection, path: str | Path) -> Path:

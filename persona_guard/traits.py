@@ -89,10 +89,20 @@ def _err(where: str, message: str) -> PersonaGuardError:
     return PersonaGuardError(f"{where}: {message}")
 
 
+def _check_text(value: str, field: str, where: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate such as JSON's "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _err(where, f"field '{field}' holds undecodable text (lone surrogate "
+                          f"{value[error.start]!r} at character {error.start})") from None
+
+
 def _string(data: dict, key: str, where: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise _err(where, f"field '{key}' must be a non-empty string")
+    _check_text(value, key, where)
     return value.strip()
 
 
@@ -103,6 +113,7 @@ def _string_list(data: dict, key: str, where: str, count: int) -> tuple[str, ...
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise _err(where, f"field '{key}[{index}]' must be a non-empty string")
+        _check_text(item, f"{key}[{index}]", where)
     if len(value) != count:
         raise _err(where, f"field '{key}' must have exactly {count} entries, has {len(value)}")
     if len(set(value)) != len(value):
@@ -122,7 +133,7 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
              "extraction_questions", "eval_questions", "judge_rubric", "exemplars"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise _err(where, f"unknown field '{unknown[0]}'")
+        raise _err(where, f"unknown field {unknown[0]!r}")
     name = _string(data, "name", where)
     if not _NAME.match(name):
         raise _err(where, f"field 'name' must be lowercase letters, digits, '-' or '_', got {name!r}")
@@ -160,7 +171,13 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
 
 
 def _read_mapping(path: Path):
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise PersonaGuardError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset "
+                                f"{error.start})") from None
     try:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -164,8 +164,11 @@ class PersonaVector:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise PersonaGuardError(f"{path}: expected a [layers, hidden] tensor, got {shape}")
         name = trait or path.stem.split("_")[0]
-        return cls(trait=name, model_id=model_id, directions=tensor, default_layer=default_layer,
-                   method="imported", metadata={"source": str(path), "format": "persona_vectors.pt"})
+        try:
+            return cls(trait=name, model_id=model_id, directions=tensor, default_layer=default_layer,
+                       method="imported", metadata={"source": str(path), "format": "persona_vectors.pt"})
+        except PersonaGuardError as error:
+            raise PersonaGuardError(f"{path}: {error}") from None
 
     def export_gguf(self, path: str | Path, layers: list[int] | None = None, coef: float = 1.0,
                     model_hint: str = "llama") -> Path:
@@ -216,6 +219,11 @@ def _read_header(path: Path, header: str) -> dict:
         raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata is not valid JSON ({error})") from None
     if not isinstance(meta, dict):
         raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata must be a JSON object")
+    try:
+        json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata holds undecodable text (a lone "
+                                "surrogate such as \\ud800)") from None
     fields = {}
     for name, (types, default) in _HEADER_FIELDS.items():
         if name not in meta:

@@ -33,6 +33,19 @@ class OutputFiles:
     html: Path
     histograms: dict[str, Path]
 
+    @classmethod
+    def under(cls, out_dir: str | Path, traits: Sequence[str]) -> OutputFiles:
+        """The files ``write_outputs`` writes to ``out_dir`` (one histogram per trait)."""
+        out = Path(out_dir)
+        return cls(scored=out / "scored.jsonl", filtered=out / "filtered.jsonl", skipped=out / "skipped.jsonl",
+                   summary=out / "summary.json", markdown=out / "report.md", html=out / "report.html",
+                   histograms={t: out / f"dp_hist_{t}.png" for t in traits})
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.scored, self.filtered, self.skipped, self.summary, self.markdown, self.html,
+                *self.histograms.values()]
+
 
 def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
@@ -270,12 +283,8 @@ def render_html(summary: dict, result: ScreenResult, histograms: dict[str, Path]
 
 def write_outputs(result: ScreenResult, out_dir: str | Path, *, source: str, model_id: str,
                   comparisons: dict[str, dict] | None = None) -> tuple[OutputFiles, dict]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     records = result.records()
-    files = OutputFiles(scored=out / "scored.jsonl", filtered=out / "filtered.jsonl", skipped=out / "skipped.jsonl",
-                        summary=out / "summary.json", markdown=out / "report.md", html=out / "report.html",
-                        histograms={t: out / f"dp_hist_{t}.png" for t in result.traits})
+    files = OutputFiles.under(out_dir, list(result.traits))
     write_jsonl(files.scored, records)
     write_jsonl(files.filtered, [r for r in records if not r["flagged"]])
     write_jsonl(files.skipped, [s.to_dict() for s in result.skipped])

@@ -33,9 +33,11 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
+from persona_guard.judges import JudgeEndpoint
 from persona_guard.models import cache_dir, resolve_model_path
 from persona_guard.vectors import PersonaVector, vectors_by_trait
-from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings, model_fingerprint,
+from persona_guard.models import model_fingerprint
+from persona_guard.screening.base_answers import (AnswerCache, BaseAnswers, BaseAnswerSettings,
                                     transformers_backend, vllm_available, vllm_backend)
 from persona_guard.screening.data import (RawRow, ScreenRow, SkippedRow, classify_rows, last_user_turn, read_rows,
                             rows_from_records)
@@ -62,6 +64,7 @@ class ScreeningConfig:
     judge: str | None = None
     judge_threshold: float = 50.0
     judge_combine: Literal["and", "or"] = "and"
+    judge_endpoint: JudgeEndpoint = field(default_factory=JudgeEndpoint)  # for openai:<model> judges
     #: where shards are checkpointed; required when running under several processes
     checkpoint_dir: str | None = None
     layers_path: str | None = None
@@ -227,8 +230,9 @@ class Screener:
                 backend = vllm_backend(resolve_model_path(self.model_id), self.tokenizer)
             else:
                 backend = transformers_backend(self.model, self.tokenizer)
-            self._answers = BaseAnswers(backend, self.tokenizer, self.model_key, config.base_answers,
-                                        AnswerCache(path))
+            # the backend is part of the key: vLLM and transformers do not give identical answers
+            self._answers = BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}",
+                                        config.base_answers, AnswerCache(path))
         return self._answers
 
     # -- public API --
@@ -310,7 +314,7 @@ class Screener:
                 if json.loads(manifest.read_text()) != fingerprint:
                     raise PersonaGuardError(
                         f"{checkpoint} holds shards of a different screening run (other data, vectors "
-                        "or settings); use another output dir or --overwrite")
+                        "or settings); use another output dir or --force")
             else:
                 checkpoint.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
@@ -405,7 +409,7 @@ class Screener:
         from persona_guard.judges import make_judge  # owned by the judges module; only needed here
         from persona_guard.traits import load_trait
 
-        judge = make_judge(self.config.judge)
+        judge = make_judge(self.config.judge, **asdict(self.config.judge_endpoint))
         items = [(last_user_turn(row.prompt), row.response) for row in result.rows]
         for trait, scores in result.traits.items():
             verdicts = judge.score(load_trait(trait), items)

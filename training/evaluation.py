@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from persona_guard.activations import capture_activations, pad_batch, position_ids_from_mask
 from persona_guard.encoding import encode_chat, encode_conversation
 from persona_guard.errors import PersonaGuardError
+from persona_guard.judges import JudgeEndpoint
 from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import conversation_of, read_jsonl
@@ -67,6 +68,7 @@ class EvalSettings:
     batch_size: int = 8
     seed: int = 0
     judge: str = "offline"         # a persona_guard.judges spec, or "none" to skip scoring
+    judge_endpoint: JudgeEndpoint = JudgeEndpoint()  # where an openai:<model> judge is served
     layer: int | None = None       # projection / steering layer (default: the vector's)
     benign_path: str | None = None  # held-out chat rows for perplexity (None: skip)
     mc_path: str | None = None     # multiple-choice rows (None: skip)
@@ -234,7 +236,7 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
     if settings.judge != "none":
         from persona_guard.judges import make_judge  # the judge may load its own model: after ours is freed
 
-        scores = make_judge(settings.judge).score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
+        scores = make_judge(settings.judge, **asdict(settings.judge_endpoint)).score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
         result.trait_score = mean_or_none([s.trait for s in scores])
         result.coherence = mean_or_none([s.coherence for s in scores])
         result.unscored = sum(s.trait is None for s in scores)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from persona_guard.commands.extract import add_judge_arguments, judge_from_args
+from persona_guard.commands.common import (add_force_argument, add_judge_arguments, judge_endpoint,
+                                           judge_from_args, preflight)
 from persona_guard.encoding import split_conversation
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.io import conversation_of, read_jsonl, write_jsonl
 from persona_guard.judges import OfflineJudge, offline_heldout_report
 from persona_guard.traits import bundled_trait_names, load_trait
@@ -25,6 +27,8 @@ def report(traits: list[str]) -> int:
 
 
 def score_file(args) -> int:
+    out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
+    refuse_overwrite([out], args.force)
     trait = load_trait(args.trait)
     rows = read_jsonl(args.input)
     items = []
@@ -35,8 +39,8 @@ def score_file(args) -> int:
         if answer is None or not questions:
             raise PersonaGuardError(f"{where}: needs a user question and a final assistant answer")
         items.append((questions[-1], answer))
+    preflight(judge=(args.judge, judge_endpoint(args)), outputs=[out.parent])
     scores = judge_from_args(args).score(trait, items)
-    out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
     write_jsonl(out, [{**row, "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}
                       for row, s in zip(rows, scores)])
     unscored = sum(s.trait is None for s in scores)
@@ -60,4 +64,5 @@ def register(subparsers) -> None:
     parser.add_argument("--input", default=None, help="JSONL of conversations to score")
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.judged.jsonl)")
     add_judge_arguments(parser)
+    add_force_argument(parser)
     parser.set_defaults(func=run)

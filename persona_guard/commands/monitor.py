@@ -5,8 +5,9 @@ from __future__ import annotations
 from argparse import ArgumentTypeError
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments, finite_float
+from persona_guard.commands.common import add_force_argument, add_model_arguments, finite_float, preflight
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.io import conversation_of, read_jsonl, write_jsonl
 from persona_guard.models import load_model
 from persona_guard.monitor import PersonaMonitor, Threshold
@@ -35,16 +36,19 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
 
 
 def run(args) -> int:
+    out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
+    refuse_overwrite([out], args.force)
+    thresholds = parse_thresholds(args.threshold)
     rows = read_jsonl(args.conversations)
     conversations = [conversation_of(row, f"{args.conversations}:{i + 1}") for i, row in enumerate(rows)]
     vectors = [PersonaVector.load(path) for path in args.vector]
+    preflight(model=args.model, outputs=[out.parent])
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
-                             thresholds=parse_thresholds(args.threshold), batch_size=args.batch_size,
+                             thresholds=thresholds, batch_size=args.batch_size,
                              layers_path=args.layers_path)
     readings = monitor.read(conversations)
-    out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
     write_jsonl(out, [{**row, "persona_monitor": reading.to_dict()} for row, reading in zip(rows, readings)])
     alerts = sum(bool(r.alerts) for r in readings)
     print(f"{len(readings)} conversations, {alerts} with alerts -> {out}")
@@ -65,4 +69,5 @@ def register(subparsers) -> None:
                         help="TRAIT:prompt_last=X[,response_mean=Y] (repeatable)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.monitor.jsonl)")
+    add_force_argument(parser)
     parser.set_defaults(func=run)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments, finite_float
+from persona_guard.commands.common import (add_force_argument, add_judge_arguments, add_model_arguments,
+                                           finite_float, judge_endpoint, preflight)
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 
 
 def _layer_overrides(specs: list[str], traits: list[str]) -> dict[str, int]:
@@ -42,7 +44,8 @@ def run(args) -> int:
     from persona_guard.screening.base_answers import BaseAnswerSettings
     from persona_guard.screening.data import read_rows
     from persona_guard.screening.policy import FlagPolicy
-    from persona_guard.screening.report import baseline_scores, compare_methods, labels_of, log_to_wandb, write_outputs
+    from persona_guard.screening.report import (OutputFiles, baseline_scores, compare_methods, labels_of,
+                                                log_to_wandb, write_outputs)
     from persona_guard.screening.scorer import Screener, ScreeningConfig, current_processes
 
     if args.percentile is not None and args.reference is None:
@@ -53,12 +56,20 @@ def run(args) -> int:
     out = Path(args.out)
     shards = out / "shards"
     processes = current_processes()
-    if args.overwrite and processes.is_main and shards.exists():
-        shutil.rmtree(shards)
-    processes.barrier()
+    # Shards of an earlier run resume it (their manifest must match these inputs); finished
+    # outputs without shards are refused unless --force.
+    vectors = [PersonaVector.load(path) for path in args.vector]
+    resumable = (shards / "manifest.json").exists()
+    refuse_overwrite(OutputFiles.under(out, [v.trait for v in vectors]).paths, args.force or resumable)
+    packages = [("vllm", "--backend vllm")] if args.backend == "vllm" else []
+    packages += [("wandb", "--wandb-project")] if args.wandb_project else []
+    preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.judge else None,
+              outputs=[out], packages=packages)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
-    vectors = [PersonaVector.load(path) for path in args.vector]
+    if args.force and processes.is_main and shards.exists():
+        shutil.rmtree(shards)
+    processes.barrier()
     device = processes.state.device if processes.state is not None else args.device
     loaded = load_model(args.model, device=device, dtype=args.dtype)
     config = ScreeningConfig(
@@ -70,6 +81,7 @@ def run(args) -> int:
                                         batch_size=args.generation_batch_size),
         answer_cache=args.answer_cache, backend=args.backend, policy=policy,
         judge=args.judge, judge_threshold=args.judge_threshold, judge_combine=args.judge_combine,
+        judge_endpoint=judge_endpoint(args),
         checkpoint_dir=str(shards), layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
@@ -129,7 +141,7 @@ def register(subparsers) -> None:
     scale.add_argument("--batch-size", type=int, default=8)
     scale.add_argument("--max-length", type=int, default=2048, help="skip (and report) longer rows")
     scale.add_argument("--shard-size", type=int, default=256, help="rows per checkpointed shard")
-    scale.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --out")
+    add_force_argument(scale, "--overwrite")
     flagging = parser.add_argument_group("flagging policy (one of; default --top-percent 5)")
     exclusive = flagging.add_mutually_exclusive_group()
     exclusive.add_argument("--top-k", type=int, default=None)
@@ -138,8 +150,7 @@ def register(subparsers) -> None:
     exclusive.add_argument("--percentile", type=finite_float, default=None,
                            help="flag dP above this percentile of the reference set's dP (default 95 with --reference)")
     flagging.add_argument("--reference", default=None, help="benign reference set to calibrate the threshold")
-    flagging.add_argument("--judge", default=None,
-                          help="also score responses with a judge (persona_guard.judges spec, e.g. offline)")
+    add_judge_arguments(flagging, default=None)
     flagging.add_argument("--judge-threshold", type=finite_float, default=50.0, help="judge trait score that counts (0-100)")
     flagging.add_argument("--judge-combine", choices=("and", "or"), default="and",
                           help="flag when dP and (default) / or the judge agree")

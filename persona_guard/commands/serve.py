@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, preflight
 from persona_guard.models import load_model
 from persona_guard.serve import make_server
 
 
 def run(args) -> int:
+    preflight(model=args.model)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     server = make_server(loaded.model, loaded.tokenizer, args.model, args.host, args.port)
     host, port = server.server_address[:2]

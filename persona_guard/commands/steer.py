@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from persona_guard.commands.common import add_model_arguments, finite_float
+from persona_guard.commands.common import add_model_arguments, finite_float, preflight
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
 from persona_guard.steering import OPERATORS, POSITIONS, Steering
@@ -24,6 +24,7 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str, width
 
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
+    preflight(model=args.model)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     vector.check_model(loaded.model)
     layer = vector.resolve_layer(args.layer)
