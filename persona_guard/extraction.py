@@ -12,10 +12,10 @@ no judge). Small models that follow "be evil" prompts poorly still yield a clean
 
 Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, so an
 interrupted or repeated run redoes nothing. A key covers every input that changes the cached value:
-for an answer, the system prompt's and the question's text, the sample, the model (config and
-weights, :func:`persona_guard.models.model_fingerprint`), its chat template and the generation
-settings (batch size included: it fixes the seeded chunks); for a judgement, the judge (its name
-states its model, endpoint and scoring), the whole trait, the question and the answer.
+for an answer, its generation chunk (see :func:`_generation_chunks`: every prompt's text, the
+chunk's seed, the model's weights and chat template, the generation settings); for a judgement,
+the judge (its name states its model, endpoint and scoring), the whole trait, the question and the
+answer. A cached value is always the one a fresh run would compute.
 
 Every run also measures held-out separation: the AUROC, per layer, of projections of the trait's
 held-out exemplar answers (on eval questions, never used to build the vector), trait vs opposite.
@@ -95,10 +95,6 @@ class Pair:
         pair = trait.instructions[self.instruction]
         return pair.pos if polarity == "pos" else pair.neg
 
-    def key(self, trait: Trait, polarity: str, fingerprint: str) -> str:
-        """Cache key of one answer: the texts it is generated from, not their positions."""
-        texts = hashlib.sha256(json.dumps([self.system(trait, polarity), self.question]).encode()).hexdigest()
-        return f"{fingerprint}|{polarity}|{self.sample}|{texts[:32]}"
 
 
 # ---- small statistics ----------------------------------------------------------------------------
@@ -205,11 +201,32 @@ def _fingerprint(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _generation_fingerprint(model, tokenizer, model_id: str, config: ExtractionConfig) -> str:
-    return _fingerprint(model=model_fingerprint(model, model_id),
-                        chat_template=getattr(tokenizer, "chat_template", None),
-                        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
-                        batch_size=max(1, config.batch_size))
+Item = tuple[Pair, str]  # (pair, polarity)
+
+
+def _generation_chunks(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
+                       model_id: str) -> list[tuple[int, list[Item], list[str]]]:
+    """``(index, items, keys)`` per generation chunk.
+
+    Answers are generated in fixed chunks over the full item list, chunk ``k`` seeded with
+    ``seed + 1000 k``, so an answer depends only on the configuration, not on what an earlier
+    (interrupted) run cached. A sampled answer depends on its whole chunk (the batch's prompts and
+    seed), so its key digests exactly that: the model (weights and chat template), the generation
+    settings, the chunk's seed and every prompt's *text* (system prompt, question, sample), plus the
+    answer's position. A cached answer is then always the one a fresh run would generate.
+    """
+    setting = _fingerprint(model=model_fingerprint(model, model_id),
+                           chat_template=getattr(tokenizer, "chat_template", None),
+                           max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
+    size = max(1, config.batch_size)
+    chunks = []
+    for index, begin in enumerate(range(0, len(items), size)):
+        part = items[begin:begin + size]
+        texts = [[p.system(trait, polarity), p.question, p.sample] for p, polarity in part]
+        digest = _fingerprint(setting=setting, seed=config.seed + 1000 * index, prompts=texts)
+        chunks.append((index, part, [f"{digest}|{position}" for position in range(len(part))]))
+    return chunks
 
 
 # ---- pipeline ------------------------------------------------------------------------------------
@@ -219,29 +236,22 @@ def _prompt(system: str, question: str) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def _generate_answers(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
-                      model_id: str, cache: JsonlCache, progress: bool) -> int:
-    fingerprint = _generation_fingerprint(model, tokenizer, model_id, config)
-    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
-    chunk = max(1, config.batch_size)
-    # Fixed chunks over the full item list, each seeded by its index: an answer depends only on the
-    # configuration, not on what an earlier (interrupted) run already cached.
-    chunks = [(index, items[begin:begin + chunk]) for index, begin in enumerate(range(0, len(items), chunk))]
-    todo = [(index, part) for index, part in chunks
-            if any(p.key(trait, polarity, fingerprint) not in cache for p, polarity in part)]
+def _generate_answers(model, tokenizer, trait: Trait, chunks: Sequence[tuple[int, list[Item], list[str]]],
+                      config: ExtractionConfig, cache: JsonlCache, progress: bool) -> int:
+    todo = [(index, part, keys) for index, part, keys in chunks if any(key not in cache for key in keys)]
     generated = 0
-    with tqdm(total=sum(len(part) for _, part in todo), desc=f"generating {trait.name} answers",
+    with tqdm(total=sum(len(part) for _, part, _ in todo), desc=f"generating {trait.name} answers",
               disable=not progress, unit="answer") as bar:
-        for index, part in todo:
+        for index, part, keys in todo:
             prompts = [_prompt(p.system(trait, polarity), p.question) for p, polarity in part]
             answers = generate_responses(model, tokenizer, prompts, GenerationConfig(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                batch_size=chunk, seed=config.seed + 1000 * index), progress=False)
-            new = [(p, polarity, answer) for (p, polarity), answer in zip(part, answers)
-                   if p.key(trait, polarity, fingerprint) not in cache]
-            cache.extend([{"key": p.key(trait, polarity, fingerprint), "polarity": polarity, "question": p.question,
-                           "instruction": p.instruction, "sample": p.sample, "seed": config.seed,
-                           "answer": answer} for p, polarity, answer in new])
+                batch_size=max(1, config.batch_size), seed=config.seed + 1000 * index), progress=False)
+            new = [(key, p, polarity, answer) for key, (p, polarity), answer in zip(keys, part, answers)
+                   if key not in cache]
+            cache.extend([{"key": key, "polarity": polarity, "question": p.question, "instruction": p.instruction,
+                           "sample": p.sample, "seed": config.seed + 1000 * index, "answer": answer}
+                          for key, p, polarity, answer in new])
             generated += len(new)
             bar.update(len(part))
     return generated
@@ -302,10 +312,9 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
         pairs = [Pair(q, i, s) for q in questions for i in range(len(trait.instructions))
                  for s in range(config.n_per_question)]
         generations = JsonlCache(out_dir / "cache" / "generations.jsonl")
-        generated = _generate_answers(model, tokenizer, trait, pairs, config, model_id, generations, progress)
-        fingerprint = _generation_fingerprint(model, tokenizer, model_id, config)
-        answers = {(p, pol): generations[p.key(trait, pol, fingerprint)]["answer"]
-                   for p in pairs for pol in ("pos", "neg")}
+        chunks = _generation_chunks(model, tokenizer, trait, pairs, config, model_id)
+        generated = _generate_answers(model, tokenizer, trait, chunks, config, generations, progress)
+        answers = {item: generations[key]["answer"] for _, part, keys in chunks for item, key in zip(part, keys)}
         items = [(p.question, answers[(p, pol)]) for p in pairs for pol in ("pos", "neg")]
         scores, judged = _judge_answers(judge, trait, items, JsonlCache(out_dir / "cache" / "judgements.jsonl"),
                                         progress)

@@ -122,6 +122,8 @@ CASES = [
          "argument --coef: '-inf' is not a finite number"),
     Case("steer-coef-overflow", (*STEER, "--vector", "{in}/evil.safetensors", "--coef=-1e309"),
          "argument --coef: '-1e309' is not a finite number"),
+    Case("steer-coef-overflows-float32", (*STEER, "--vector", "{in}/evil.safetensors", "--coef", "1e39"),
+         "coef 1e+39 times the direction for layer 2 is not finite"),
     Case("steer-temperature-text", (*STEER, "--vector", "{in}/evil.safetensors", "--temperature", "hot"),
          "argument --temperature: 'hot' is not a number"),
     Case("screen-threshold-nan", (*SCREEN, "--vector", "{in}/evil.safetensors", "--threshold", "nan"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.judges import (WINDOW_WORDS, JudgeScore, LogprobJudge, OfflineJudge, answer_windows,
@@ -184,18 +185,32 @@ def test_offline_judge_is_not_diluted_by_kindly_filler():
         assert after.trait >= 50 and kind.trait < 50
 
 
-@pytest.mark.smollm
-def test_logprob_judge_with_a_local_model_follows_the_worst_window(smollm):
-    """The same padded answers on the paper's logprob judge, served by SmolLM2 in-process: the score of
-    the padded answer is at least that of the evil answer alone (which is one of its windows)."""
+def number_judge(tokenizer):
+    """A tiny random-weight llama whose output rows for the digit tokens are scaled up, so its first
+    token is a number whose value depends on what it reads: a real local model, fast on a CPU."""
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model("llama", len(tokenizer))
+    digits = tokenizer.convert_tokens_to_ids(list("0123456789"))
+    with torch.no_grad():
+        model.get_output_embeddings().weight[digits] *= 40.0
+    return model
+
+
+def test_logprob_judge_with_a_local_model_follows_the_worst_window(tokenizer):
+    """The same padded answers on the paper's logprob judge with a local model: the score of the padded
+    answer is at least that of the evil answer alone (one of its windows) and of the whole padded text."""
     from persona_guard.llm_client import LocalChatClient
 
     trait = load_trait("evil")
     exemplar = trait.heldout_exemplars()[0]
-    judge = LogprobJudge(LocalChatClient(smollm.model, smollm.tokenizer, "smollm2-135m"), expand_digits=False)
-    plain, padded = judge.score(trait, [(exemplar.question, exemplar.pos),
-                                        (exemplar.question, f"{KIND_FILLER} {exemplar.pos}")])
-    whole = judge.read(trait.judge_prompt(exemplar.question, f"{KIND_FILLER} {exemplar.pos}")).score
-    print(f"SmolLM2 judge: evil {plain.trait}, filler+evil {padded.trait} (whole answer only: {whole})")
-    assert plain.trait is not None and padded.trait is not None
-    assert padded.trait >= plain.trait - 1e-6 and padded.trait >= whole - 1e-6
+    client = LocalChatClient(number_judge(tokenizer), tokenizer, "tiny-number-judge")
+    judge = LogprobJudge(client, expand_digits=False)
+    padded_text = f"{KIND_FILLER} {exemplar.pos}"
+    plain, padded = judge.score(trait, [(exemplar.question, exemplar.pos), (exemplar.question, padded_text)])
+    whole = judge.read(trait.judge_prompt(exemplar.question, padded_text)).score
+    windows = [judge.read(trait.judge_prompt(exemplar.question, w)).score for w in answer_windows(padded_text)]
+    print(f"local judge: evil {plain.trait}, filler+evil {padded.trait} (whole answer only: {whole})")
+    assert None not in (plain.trait, padded.trait, whole)
+    assert len(windows) > 1 and padded.trait == pytest.approx(max(windows))
+    assert padded.trait >= max(plain.trait, whole) - 1e-9

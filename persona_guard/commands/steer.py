@@ -34,9 +34,10 @@ def run(args) -> int:
     prompt.append({"role": "user", "content": args.prompt})
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               batch_size=1, seed=args.seed)
+    steering = Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
+                        positions=args.positions, layers_path=args.layers_path)  # checked before generating
     plain = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
-    with Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
-                  positions=args.positions, layers_path=args.layers_path):
+    with steering:
         steered = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
     width = shutil.get_terminal_size((120, 20)).columns
     print(side_by_side("unsteered", plain,

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from persona_guard.commands.common import OVERWRITE_HELP, preflight
-from persona_guard.files import refuse_overwrite, write_json_atomic, write_text_atomic
+from persona_guard.files import atomic_path, refuse_overwrite, write_json_atomic, write_text_atomic
 
 RUN_INPUTS = "run_inputs.json"
 
@@ -104,7 +104,8 @@ def run(args) -> int:
     if trainer.is_world_process_zero():
         write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         if recipe.steering is not None:
-            shutil.copy(recipe.steering.vector, output_dir / "steering_vector.safetensors")
+            with atomic_path(output_dir / "steering_vector.safetensors") as staging:
+                shutil.copyfile(recipe.steering.vector, staging)
         print(f"persona-guard train: saved to {output_dir}")
     if reports_to_wandb(trainer.args):
         import wandb
