@@ -20,8 +20,9 @@ from persona_guard.models import model_fingerprint
 from persona_guard.traits import InstructionPair, load_trait
 from tests.conftest import make_tiny_model
 
-# a random-weight model: keep every pair (thresholds off); 2 questions x 5 pairs x (pos, neg) = 20 answers
-CONFIG = ExtractionConfig(questions=2, max_new_tokens=6, batch_size=4, temperature=1.0, pos_threshold=0,
+# a random-weight model: keep every pair (thresholds off); 1 question x 5 pairs x (pos, neg) = 10 answers,
+# sampled in chunks of 4
+CONFIG = ExtractionConfig(questions=1, max_new_tokens=6, batch_size=4, temperature=1.0, pos_threshold=0,
                           neg_threshold=101, coherence_threshold=0, min_pairs=1)
 
 
@@ -36,13 +37,13 @@ def test_changed_instruction_texts_are_regenerated_and_rejudged(tiny_llama, toke
     renews its whole chunk (its batch-mates' samples depend on it)."""
     trait, judge = load_trait("evil"), OfflineJudge()
     first = extract(tiny_llama, tokenizer, trait, tmp_path / "run", judge)
-    assert first.generated == 20
+    assert first.generated == 10
     assert extract(tiny_llama, tokenizer, trait, tmp_path / "run", judge).generated == 0  # same inputs: cached
     pairs = list(trait.instructions)
     pairs[0] = InstructionPair(pairs[0].pos + " Be brief.", pairs[0].neg)
     rewritten = replace(trait, instructions=tuple(pairs))
     again = extract(tiny_llama, tokenizer, rewritten, tmp_path / "run", judge)
-    assert again.generated == 8  # answers 0 and 10 (instruction 0, pos) sit in chunks 0 and 2
+    assert again.generated == 4  # answer 0 (instruction 0, pos) and its chunk
     assert again.judged >= 1
     fresh = extract(tiny_llama, tokenizer, rewritten, tmp_path / "fresh", judge)
     assert torch.equal(again.vector.directions, fresh.vector.directions)
@@ -50,16 +51,16 @@ def test_changed_instruction_texts_are_regenerated_and_rejudged(tiny_llama, toke
     # swapping two instructions moves prompts between chunks: those chunks are renewed too
     pairs[1], pairs[2] = pairs[2], pairs[1]
     assert extract(tiny_llama, tokenizer, replace(trait, instructions=tuple(pairs)), tmp_path / "run",
-                   judge).generated == 12
+                   judge).generated == 8  # answers 2-5: chunks 0 and 1
 
 
 def test_other_weights_under_the_same_model_id_are_regenerated(tokenizer, tmp_path):
     trait, judge = load_trait("evil"), OfflineJudge()
     model = make_tiny_model("llama", len(tokenizer))
-    assert extract(model, tokenizer, trait, tmp_path, judge).generated == 20
+    assert extract(model, tokenizer, trait, tmp_path, judge).generated == 10
     with torch.no_grad():  # a change in one attention weight only, as a LoRA merge makes
         model.model.layers[1].self_attn.q_proj.weight.mul_(1.5)
-    assert extract(model, tokenizer, trait, tmp_path, judge).generated == 20
+    assert extract(model, tokenizer, trait, tmp_path, judge).generated == 10
 
 
 def test_another_judge_scheme_rejudges(tiny_llama, tokenizer, tmp_path):
@@ -80,11 +81,11 @@ def test_model_fingerprint_sees_every_tensor_and_ignores_thread_count(tokenizer)
     finally:
         torch.set_num_threads(threads)
     for name, parameter in model.named_parameters():
-        with torch.no_grad():
-            parameter.view(-1)[-1] += 1.0  # the last element is always among the sampled ones
+        flat = parameter.data.view(-1)
+        old = flat[-1].clone()
+        flat[-1] = old + 1.0  # the last element is always among the sampled ones
         assert model_fingerprint(model, "m") != before, name
-        with torch.no_grad():
-            parameter.view(-1)[-1] -= 1.0
+        flat[-1] = old
     assert model_fingerprint(model, "m") == before
     assert model_fingerprint(model, "other") != before
 
