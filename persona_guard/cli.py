@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except PersonaGuardError as error:
-        print(f"persona-guard {args.command}: error: {error}", file=sys.stderr)
+        # one line, whatever text the message quotes from the input
+        message = str(error).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"persona-guard {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

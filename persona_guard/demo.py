@@ -7,7 +7,6 @@ the numbers it produces are not meaningful, only the structure is.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +16,7 @@ import numpy as np
 
 from persona_guard.bundled import dataset_path
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.models import DEFAULT_MODEL, load_model
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
@@ -149,7 +149,8 @@ def _histogram(values: np.ndarray, labels: np.ndarray, path: Path, title: str) -
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=120)
     plt.close(figure)
 
 
@@ -220,7 +221,8 @@ def _drift_plot(arms: dict[str, dict], path: Path, trait: str) -> None:
     axis.set_title("trait drift during fine-tuning (probe runs unsteered)")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=120)
     plt.close(figure)
 
 
@@ -269,8 +271,7 @@ def write_report(config: DemoConfig, out: Path, summary: dict) -> Path:
     lines += ["", "![evaluation](eval/comparison.png)", ""]
     lines += ["## Findings", "", *finding_lines(summary["findings"]), ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text_atomic(path, "\n".join(lines))
 
 
 def finding_lines(findings: dict) -> list[str]:
@@ -341,7 +342,7 @@ def run_demo(config: DemoConfig, quick: bool = False) -> dict:
     bad = [key for key, value in numeric_leaves(summary) if not math.isfinite(value)]
     if bad:
         raise PersonaGuardError(f"demo produced non-finite numbers: {', '.join(bad)}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     report = write_report(config, out, summary)
     print(f"\nreport: {report}")
     return summary

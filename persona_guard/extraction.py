@@ -10,9 +10,12 @@ the kept answers are captured at every layer in one pass and the vector is
 ``source="exemplars"``: the trait's written extraction exemplars are teacher-forced (no generation,
 no judge). Small models that follow "be evil" prompts poorly still yield a clean direction this way.
 
-Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, keyed
-by question / instruction / sample / seed (plus the generation settings), so an interrupted or
-repeated run redoes nothing.
+Generations and judgements are appended to ``out_dir/cache/*.jsonl`` as they are produced, so an
+interrupted or repeated run redoes nothing. A key covers every input that changes the cached value:
+for an answer, its generation chunk (see :func:`_generation_chunks`: every prompt's text, the
+chunk's seed, the model's weights and chat template, the generation settings); for a judgement,
+the judge (its name states its model, endpoint and scoring), the whole trait, the question and the
+answer. A cached value is always the one a fresh run would compute.
 
 Every run also measures held-out separation: the AUROC, per layer, of projections of the trait's
 held-out exemplar answers (on eval questions, never used to build the vector), trait vs opposite.
@@ -35,10 +38,11 @@ from persona_guard import metrics
 from persona_guard.activations import REDUCTIONS, capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
 from persona_guard.metrics import mean_or_none
-from persona_guard.models import decoder_layers
+from persona_guard.models import decoder_layers, model_fingerprint
 from persona_guard.traits import Trait
 from persona_guard.vectors import AGGREGATORS, PersonaVector, compute_vector
 
@@ -90,8 +94,11 @@ class Pair:
     instruction: int
     sample: int
 
-    def key(self, polarity: str, fingerprint: str) -> str:
-        return f"{fingerprint}|{polarity}|{self.instruction}|{self.sample}|{self.question}"
+    def system(self, trait: Trait, polarity: str) -> str:
+        """The system prompt this pair's ``polarity`` ("pos" / "neg") answer is generated under."""
+        pair = trait.instructions[self.instruction]
+        return pair.pos if polarity == "pos" else pair.neg
+
 
 
 # ---- small statistics ----------------------------------------------------------------------------
@@ -181,7 +188,14 @@ class JsonlCache:
 
     def extend(self, rows: Sequence[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as tail:
+                tail.seek(-1, 2)
+                torn = tail.read(1) != b"\n"
         with self.path.open("a", encoding="utf-8") as handle:
+            if torn:
+                handle.write("\n")  # end a line torn by a crash, so it does not swallow the next row
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 self.rows[row["key"]] = row
@@ -191,6 +205,34 @@ def _fingerprint(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
+Item = tuple[Pair, str]  # (pair, polarity)
+
+
+def _generation_chunks(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
+                       model_id: str) -> list[tuple[int, list[Item], list[str]]]:
+    """``(index, items, keys)`` per generation chunk.
+
+    Answers are generated in fixed chunks over the full item list, chunk ``k`` seeded with
+    ``seed + 1000 k``, so an answer depends only on the configuration, not on what an earlier
+    (interrupted) run cached. A sampled answer depends on its whole chunk (the batch's prompts and
+    seed), so its key digests exactly that: the model (weights and chat template), the generation
+    settings, the chunk's seed and every prompt's *text* (system prompt, question, sample), plus the
+    answer's position. A cached answer is then always the one a fresh run would generate.
+    """
+    setting = _fingerprint(model=model_fingerprint(model, model_id),
+                           chat_template=getattr(tokenizer, "chat_template", None),
+                           max_new_tokens=config.max_new_tokens, temperature=config.temperature)
+    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
+    size = max(1, config.batch_size)
+    chunks = []
+    for index, begin in enumerate(range(0, len(items), size)):
+        part = items[begin:begin + size]
+        texts = [[p.system(trait, polarity), p.question, p.sample] for p, polarity in part]
+        digest = _fingerprint(setting=setting, seed=config.seed + 1000 * index, prompts=texts)
+        chunks.append((index, part, [f"{digest}|{position}" for position in range(len(part))]))
+    return chunks
+
+
 # ---- pipeline ------------------------------------------------------------------------------------
 
 
@@ -198,31 +240,22 @@ def _prompt(system: str, question: str) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def _generate_answers(model, tokenizer, trait: Trait, pairs: Sequence[Pair], config: ExtractionConfig,
-                      model_id: str, cache: JsonlCache, progress: bool) -> int:
-    fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
-                               temperature=config.temperature, seed=config.seed)
-    items = [(pair, polarity) for pair in pairs for polarity in ("pos", "neg")]
-    chunk = max(1, config.batch_size)
-    # Fixed chunks over the full item list, each seeded by its index: an answer depends only on the
-    # configuration, not on what an earlier (interrupted) run already cached.
-    chunks = [(index, items[begin:begin + chunk]) for index, begin in enumerate(range(0, len(items), chunk))]
-    todo = [(index, part) for index, part in chunks
-            if any(p.key(polarity, fingerprint) not in cache for p, polarity in part)]
+def _generate_answers(model, tokenizer, trait: Trait, chunks: Sequence[tuple[int, list[Item], list[str]]],
+                      config: ExtractionConfig, cache: JsonlCache, progress: bool) -> int:
+    todo = [(index, part, keys) for index, part, keys in chunks if any(key not in cache for key in keys)]
     generated = 0
-    with tqdm(total=sum(len(part) for _, part in todo), desc=f"generating {trait.name} answers",
+    with tqdm(total=sum(len(part) for _, part, _ in todo), desc=f"generating {trait.name} answers",
               disable=not progress, unit="answer") as bar:
-        for index, part in todo:
-            prompts = [_prompt(trait.instructions[p.instruction].pos if polarity == "pos"
-                               else trait.instructions[p.instruction].neg, p.question) for p, polarity in part]
+        for index, part, keys in todo:
+            prompts = [_prompt(p.system(trait, polarity), p.question) for p, polarity in part]
             answers = generate_responses(model, tokenizer, prompts, GenerationConfig(
                 max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                batch_size=chunk, seed=config.seed + 1000 * index), progress=False)
-            new = [(p, polarity, answer) for (p, polarity), answer in zip(part, answers)
-                   if p.key(polarity, fingerprint) not in cache]
-            cache.extend([{"key": p.key(polarity, fingerprint), "polarity": polarity, "question": p.question,
-                           "instruction": p.instruction, "sample": p.sample, "seed": config.seed,
-                           "answer": answer} for p, polarity, answer in new])
+                batch_size=max(1, config.batch_size), seed=config.seed + 1000 * index), progress=False)
+            new = [(key, p, polarity, answer) for key, (p, polarity), answer in zip(keys, part, answers)
+                   if key not in cache]
+            cache.extend([{"key": key, "polarity": polarity, "question": p.question, "instruction": p.instruction,
+                           "sample": p.sample, "seed": config.seed + 1000 * index, "answer": answer}
+                          for key, p, polarity, answer in new])
             generated += len(new)
             bar.update(len(part))
     return generated
@@ -283,10 +316,9 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
         pairs = [Pair(q, i, s) for q in questions for i in range(len(trait.instructions))
                  for s in range(config.n_per_question)]
         generations = JsonlCache(out_dir / "cache" / "generations.jsonl")
-        generated = _generate_answers(model, tokenizer, trait, pairs, config, model_id, generations, progress)
-        fingerprint = _fingerprint(model=model_id, max_new_tokens=config.max_new_tokens,
-                                   temperature=config.temperature, seed=config.seed)
-        answers = {(p, pol): generations[p.key(pol, fingerprint)]["answer"] for p in pairs for pol in ("pos", "neg")}
+        chunks = _generation_chunks(model, tokenizer, trait, pairs, config, model_id)
+        generated = _generate_answers(model, tokenizer, trait, chunks, config, generations, progress)
+        answers = {item: generations[key]["answer"] for _, part, keys in chunks for item, key in zip(part, keys)}
         items = [(p.question, answers[(p, pol)]) for p in pairs for pol in ("pos", "neg")]
         scores, judged = _judge_answers(judge, trait, items, JsonlCache(out_dir / "cache" / "judgements.jsonl"),
                                         progress)
@@ -355,8 +387,7 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
 
 
 def _write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_json_atomic(path, data)
 
 
 def plot_layers(report: dict, path: Path) -> Path:
@@ -379,6 +410,7 @@ def plot_layers(report: dict, path: Path) -> Path:
     right.set(title="separation of projections (AUROC)", xlabel="layer", ylabel="AUROC", ylim=(0.0, 1.05))
     right.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110)
     plt.close(figure)
     return path

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.extraction import heldout_separation
+from persona_guard.files import atomic_path, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge
 from persona_guard.metrics import mean_or_none
@@ -122,10 +123,15 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     else:
         raise PersonaGuardError(f"no steered cell kept coherence >= {config.coherence_threshold:g} and the trait "
                                 "has no held-out exemplars; try smaller --coefs")
-    stem = out_dir / f"{vector.trait}_layer_selection"
+    stem = selection_stem(out_dir, vector.trait)
     table_csv, table_md = write_tables(cells, stem)
     heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
     return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
+
+
+def selection_stem(out_dir: str | Path, trait: str) -> Path:
+    """``<out_dir>/<trait>_layer_selection``: the tables get ``.csv``/``.md``, the heat map ``.png``."""
+    return Path(out_dir) / f"{trait}_layer_selection"
 
 
 def store_choice(vector: PersonaVector, selection: LayerSelection, path: str | Path) -> Path:
@@ -145,7 +151,7 @@ def _fmt(value: float | None) -> str:
 def write_tables(cells: Sequence[Cell], stem: Path) -> tuple[Path, Path]:
     columns = ["layer", "coef", "trait", "coherence", "effect", "heldout_auroc", "scored"]
     table_csv = stem.with_suffix(".csv")
-    with table_csv.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(table_csv) as staging, staging.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for cell in cells:
@@ -156,7 +162,7 @@ def write_tables(cells: Sequence[Cell], stem: Path) -> tuple[Path, Path]:
         lines.append("| " + " | ".join(str(row[c]) if c in ("layer", "scored") else
                                        f"{row[c]:g}" if c == "coef" else _fmt(row[c]) for c in columns) + " |")
     table_md = stem.with_suffix(".md")
-    table_md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(table_md, "\n".join(lines) + "\n")
     return table_csv, table_md
 
 
@@ -183,6 +189,7 @@ def plot_heatmap(cells: Sequence[Cell], config: LayerSelectionConfig, path: Path
              title=f"{trait}: judge trait score / coherence when steered")
     figure.colorbar(image, ax=axis, label="trait score")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110)
     plt.close(figure)
     return path

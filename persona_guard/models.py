@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -79,16 +80,22 @@ def ensure_builtin_converted(name: str) -> Path:
     ``quantization_config`` so the result loads and trains like any hub checkpoint. A file lock
     makes concurrent processes (e.g. ranks of ``accelerate launch``) wait for one converter; the
     directory appears atomically by rename, so a crash never leaves a half-written model behind.
+    The conversion is redone when its source changed (:func:`_conversion_source`: the GGUF file's
+    package version, path, size and mtime, and the transformers version that de-quantized it).
     """
     target = builtin_model_dir(name)
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and _conversion_is_current(name, target):
         return target
     gguf_path = builtin_gguf_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():
-            return target
+            if _conversion_is_current(name, target):
+                return target
+            stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=target.parent))
+            target.rename(stale / name)
+            shutil.rmtree(stale)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         print(f"persona-guard: converting {gguf_path.name} to {target} (once, ~20 s)", file=sys.stderr, flush=True)
@@ -105,10 +112,39 @@ def ensure_builtin_converted(name: str) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "persona_guard_source.json").write_text(
-            json.dumps({"builtin": name, "gguf": str(gguf_path)}, indent=2))
+        (staging / SOURCE_RECORD).write_text(json.dumps({**_conversion_source(name), "gguf": str(gguf_path)},
+                                                        indent=2))
         staging.rename(target)
     return target
+
+
+SOURCE_RECORD = "persona_guard_source.json"
+
+
+def _conversion_source(name: str) -> dict:
+    """What a converted built-in model was made from: its package version and GGUF size, and the
+    transformers version that de-quantized it (not paths: each virtual env installs its own copy)."""
+    import transformers
+
+    package = BUILTIN_MODELS[name][0]
+    return {"builtin": name, "package": package, "package_version": importlib.metadata.version(package),
+            "gguf_bytes": builtin_gguf_path(name).stat().st_size, "transformers": transformers.__version__}
+
+
+def _conversion_is_current(name: str, target: Path) -> bool:
+    """Whether ``target`` was converted from what is installed now. Fields a record lacks (written
+    by an older persona-guard) are not compared; without the package (a cache copied from
+    elsewhere) the conversion is kept: there is nothing to redo it from."""
+    try:
+        current = _conversion_source(name)
+    except PersonaGuardError:
+        return True
+    try:
+        recorded = json.loads((target / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and all(recorded[key] == value for key, value in current.items()
+                                              if key in recorded)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -116,6 +152,33 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path in BUILTIN_MODELS:
         return str(ensure_builtin_converted(name_or_path))
     return name_or_path
+
+
+def check_model_available(name_or_path: str) -> None:
+    """Preflight for :func:`load_model`: fail at once, naming the model, when it cannot be found.
+
+    Built-in names need their package (or an earlier conversion); paths (``/``, ``./``, ``~``,
+    ``.gguf``) must exist, a model dir must hold ``config.json``. Hub ids pass unless the hub is
+    offline (``HF_HUB_OFFLINE=1``) and the id is not in the local cache.
+    """
+    if name_or_path in BUILTIN_MODELS:
+        if not (builtin_model_dir(name_or_path) / "config.json").exists():
+            builtin_gguf_path(name_or_path)
+        return
+    path = Path(name_or_path).expanduser()
+    if path.exists() or name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith(".gguf"):
+        if name_or_path.endswith(".gguf") and not path.is_file():
+            raise PersonaGuardError(f"GGUF file not found: {name_or_path}")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise PersonaGuardError(f"model dir {name_or_path} holds no config.json")
+        if not path.exists():
+            raise PersonaGuardError(f"model not found: {name_or_path}")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        raise PersonaGuardError(f"model {name_or_path!r} is neither a built-in name, a local path nor in the "
+                                "hub cache (HF_HUB_OFFLINE is set)")
 
 
 def default_device() -> torch.device:
@@ -215,6 +278,31 @@ def _get_path(root: nn.Module, path: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+#: Elements read from each tensor by :func:`model_fingerprint`, evenly spaced (all of smaller ones).
+FINGERPRINT_SAMPLES = 1 << 16
+
+
+@torch.no_grad()
+def model_fingerprint(model: nn.Module, model_id: str) -> str:
+    """``<model_id>@<16 hex>``: the name plus a digest of the config and of every parameter and buffer
+    (name, shape, dtype and the bytes of up to ``FINGERPRINT_SAMPLES`` evenly spaced elements), so two
+    checkpoints saved at the same path (e.g. two LoRA merges, which leave the embeddings alone) never
+    share cached outputs. Bytes, not sums: the digest does not depend on the number of threads."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string(use_diff=False) if config is not None else "").encode())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(f"|{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if tensor.device.type == "meta" or not tensor.numel():
+            continue
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() > FINGERPRINT_SAMPLES:
+            step = torch.arange(FINGERPRINT_SAMPLES, device=flat.device, dtype=torch.int64)
+            flat = flat.index_select(0, step * (flat.numel() - 1) // (FINGERPRINT_SAMPLES - 1))
+        digest.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return f"{model_id}@{digest.hexdigest()[:16]}"
 
 
 def num_hidden_layers(model: nn.Module) -> int:

@@ -112,6 +112,9 @@ class Steering:
                     f"cannot steer layer {layer}: layers are 0..{len(blocks)} (hidden_states index)")
             if direction.shape != (hidden_size,):
                 raise PersonaGuardError(f"direction for layer {layer} has shape {tuple(direction.shape)}")
+            if not bool(torch.isfinite(self.coef * direction.float()).all()):
+                raise PersonaGuardError(f"coef {self.coef:g} times the direction for layer {layer} is not finite "
+                                        "(NaN, or too large for float32)")
 
     @property
     def layers(self) -> list[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 N_INSTRUCTIONS = 5
@@ -79,22 +80,30 @@ class Trait:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = (yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
                 if path.suffix in (".yaml", ".yml")
                 else json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        path.write_text(text, encoding="utf-8")
-        return path
+        return write_text_atomic(path, text)
 
 
 def _err(where: str, message: str) -> PersonaGuardError:
     return PersonaGuardError(f"{where}: {message}")
 
 
+def _check_text(value: str, field: str, where: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate such as JSON's "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _err(where, f"field '{field}' holds undecodable text (lone surrogate "
+                          f"{value[error.start]!r} at character {error.start})") from None
+
+
 def _string(data: dict, key: str, where: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise _err(where, f"field '{key}' must be a non-empty string")
+    _check_text(value, key, where)
     return value.strip()
 
 
@@ -105,6 +114,7 @@ def _string_list(data: dict, key: str, where: str, count: int) -> tuple[str, ...
     for index, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise _err(where, f"field '{key}[{index}]' must be a non-empty string")
+        _check_text(item, f"{key}[{index}]", where)
     if len(value) != count:
         raise _err(where, f"field '{key}' must have exactly {count} entries, has {len(value)}")
     if len(set(value)) != len(value):
@@ -124,7 +134,7 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
              "extraction_questions", "eval_questions", "judge_rubric", "exemplars"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise _err(where, f"unknown field '{unknown[0]}'")
+        raise _err(where, f"unknown field {unknown[0]!r}")
     name = _string(data, "name", where)
     if not _NAME.match(name):
         raise _err(where, f"field 'name' must be lowercase letters, digits, '-' or '_', got {name!r}")
@@ -162,7 +172,13 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
 
 
 def _read_mapping(path: Path):
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise PersonaGuardError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset "
+                                f"{error.start})") from None
     try:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "persona_guard"
@@ -37,11 +38,20 @@ class PersonaVector:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.directions.ndim != 2:
+        if self.directions.ndim != 2 or self.directions.shape[0] < 2 or self.directions.shape[1] < 1:
             raise PersonaGuardError(
-                f"persona vector {self.trait!r}: directions must be [layers, hidden], got shape "
-                f"{tuple(self.directions.shape)}")
+                f"persona vector {self.trait!r}: directions must be [layers + 1, hidden] with at least one "
+                f"layer, got shape {tuple(self.directions.shape)}")
+        if self.directions.is_complex() or self.directions.dtype == torch.bool:
+            raise PersonaGuardError(f"persona vector {self.trait!r}: directions must be real numbers, "
+                                    f"got {self.directions.dtype}")
         self.directions = self.directions.detach().to(dtype=torch.float32, device="cpu").contiguous()
+        bad = ~torch.isfinite(self.directions)
+        if bad.any():
+            layer, index = (int(i) for i in bad.nonzero()[0])
+            raise PersonaGuardError(
+                f"persona vector {self.trait!r}: {int(bad.sum())} non-finite values (NaN or infinity), "
+                f"first at layer {layer}, index {index}; the file is damaged or was saved from a diverged run")
         if self.default_layer is not None:
             self._check_layer(self.default_layer)
 
@@ -116,9 +126,9 @@ class PersonaVector:
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"directions": self.directions}, str(path),
-                  metadata={_METADATA_KEY: json.dumps(self.metadata_dict())})
+        with atomic_path(path) as staging:
+            save_file({"directions": self.directions}, str(staging),
+                      metadata={_METADATA_KEY: json.dumps(self.metadata_dict())})
         return path
 
     @classmethod
@@ -137,14 +147,13 @@ class PersonaVector:
             raise PersonaGuardError(f"{path}: not a persona-guard vector file ({error})") from None
         if header is None:
             raise PersonaGuardError(f"{path}: safetensors file has no '{_METADATA_KEY}' metadata")
-        meta = json.loads(header)
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise PersonaGuardError(f"{path}: format_version {meta['format_version']} is newer than "
-                                    f"this persona-guard understands ({FORMAT_VERSION})")
-        return cls(trait=meta["trait"], model_id=meta["model_id"], directions=directions,
-                   default_layer=meta.get("default_layer"), method=meta.get("method", "response_mean"),
-                   n_pos=meta.get("n_pos", 0), n_neg=meta.get("n_neg", 0),
-                   metadata=meta.get("metadata", {}))
+        meta = _read_header(path, header)
+        try:
+            return cls(trait=meta["trait"], model_id=meta["model_id"], directions=directions,
+                       default_layer=meta["default_layer"], method=meta["method"], n_pos=meta["n_pos"],
+                       n_neg=meta["n_neg"], metadata=meta["metadata"])
+        except PersonaGuardError as error:
+            raise PersonaGuardError(f"{path}: {error}") from None
 
     @classmethod
     def from_original_pt(cls, path: str | Path, trait: str | None = None, model_id: str = "unknown",
@@ -160,8 +169,11 @@ class PersonaVector:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise PersonaGuardError(f"{path}: expected a [layers, hidden] tensor, got {shape}")
         name = trait or path.stem.split("_")[0]
-        return cls(trait=name, model_id=model_id, directions=tensor, default_layer=default_layer,
-                   method="imported", metadata={"source": str(path), "format": "persona_vectors.pt"})
+        try:
+            return cls(trait=name, model_id=model_id, directions=tensor, default_layer=default_layer,
+                       method="imported", metadata={"source": str(path), "format": "persona_vectors.pt"})
+        except PersonaGuardError as error:
+            raise PersonaGuardError(f"{path}: {error}") from None
 
     def export_gguf(self, path: str | Path, layers: list[int] | None = None, coef: float = 1.0,
                     model_hint: str = "llama") -> Path:
@@ -179,19 +191,61 @@ class PersonaVector:
         if any(layer < 2 for layer in layers):
             raise PersonaGuardError("llama.cpp control vectors cannot steer layers below 2 "
                                     "(its direction.0 is invalid)")
+        scaled = {layer: (coef * self.directions[layer]).numpy().astype(np.float32) for layer in layers}
+        if not all(np.isfinite(direction).all() for direction in scaled.values()):
+            raise PersonaGuardError(f"coef {coef!r} times the vector is not finite; use a smaller finite coef")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = gguf.GGUFWriter(str(path), arch="controlvector")
-        writer.add_string("controlvector.model_hint", model_hint)
-        writer.add_uint32("controlvector.layer_count", len(layers))
-        for layer in layers:
-            writer.add_tensor(f"direction.{layer - 1}",
-                              (coef * self.directions[layer]).numpy().astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        with atomic_path(path) as staging:
+            writer = gguf.GGUFWriter(str(staging), arch="controlvector")
+            writer.add_string("controlvector.model_hint", model_hint)
+            writer.add_uint32("controlvector.layer_count", len(layers))
+            for layer, direction in scaled.items():
+                writer.add_tensor(f"direction.{layer - 1}", direction)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
         return path
+
+
+#: Metadata header fields: name -> (accepted types, default when absent; ``...`` = required).
+_HEADER_FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
+    "format_version": ((int,), 0), "trait": ((str,), ...), "model_id": ((str,), ...),
+    "default_layer": ((int, type(None)), None), "method": ((str,), "response_mean"),
+    "n_pos": ((int,), 0), "n_neg": ((int,), 0), "metadata": ((dict,), {}),
+}
+
+
+def _read_header(path: Path, header: str) -> dict:
+    """The ``persona_guard`` metadata header as a dict with every field checked (see ``_HEADER_FIELDS``)."""
+    try:
+        meta = json.loads(header)
+    except ValueError as error:
+        raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata must be a JSON object")
+    try:
+        json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata holds undecodable text (a lone "
+                                "surrogate such as \\ud800)") from None
+    fields = {}
+    for name, (types, default) in _HEADER_FIELDS.items():
+        if name not in meta:
+            if default is ...:
+                raise PersonaGuardError(f"{path}: metadata field {name!r} is missing")
+            fields[name] = default
+            continue
+        value = meta[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise PersonaGuardError(f"{path}: metadata field {name!r} must be {expected}, got {value!r:.60}")
+        fields[name] = value
+    version = fields["format_version"]
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise PersonaGuardError(f"{path}: format_version {fields['format_version']} is newer than "
+                                f"this persona-guard understands ({FORMAT_VERSION})")
+    return fields
 
 
 def load_gguf_control_vector(path: str | Path) -> dict[int, torch.Tensor]:

@@ -52,17 +52,6 @@ class BaseAnswerSettings:
         return fields
 
 
-def model_fingerprint(model: nn.Module, model_id: str) -> str:
-    """Name plus a checksum of config and embedding weights, so two different checkpoints saved
-    at the same path never share cached answers."""
-    config = getattr(model, "config", None)
-    config_text = config.to_json_string(use_diff=False) if config is not None else ""
-    embedding = model.get_input_embeddings().weight
-    checksum = float(embedding.detach()[:64].double().sum().cpu())
-    digest = hashlib.sha256(f"{config_text}|{checksum!r}".encode()).hexdigest()[:16]
-    return f"{model_id}@{digest}"
-
-
 class AnswerCache:
     """``key -> list of answers`` in one SQLite file, safe for several processes at once."""
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from persona_guard import metrics
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.rows import last_user_turn
 from persona_guard.screening.baselines import embedding_similarity, random_scores
 from persona_guard.screening.scorer import ScreenResult
@@ -32,14 +33,26 @@ class OutputFiles:
     html: Path
     histograms: dict[str, Path]
 
+    @classmethod
+    def under(cls, out_dir: str | Path, traits: Sequence[str]) -> OutputFiles:
+        """The files ``write_outputs`` writes to ``out_dir`` (one histogram per trait)."""
+        out = Path(out_dir)
+        return cls(scored=out / "scored.jsonl", filtered=out / "filtered.jsonl", skipped=out / "skipped.jsonl",
+                   summary=out / "summary.json", markdown=out / "report.md", html=out / "report.html",
+                   histograms={t: out / f"dp_hist_{t}.png" for t in traits})
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.scored, self.filtered, self.skipped, self.summary, self.markdown, self.html,
+                *self.histograms.values()]
+
 
 def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, default=str) + "\n"
 
 
 def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        handle.writelines(_json_line(r) for r in records)
+    write_text_atomic(path, "".join(_json_line(r) for r in records))
 
 
 # ---- baselines ----------------------------------------------------------------------------------
@@ -160,7 +173,8 @@ def plot_histogram(path: Path, trait: str, result: ScreenResult) -> Path:
     axes.set_title(f"{trait}: {len(scores.dp)} samples, {int(scores.flagged.sum())} flagged")
     axes.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
-    figure.savefig(path, dpi=110, metadata={"Software": None})
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=110, metadata={"Software": None})
     plt.close(figure)
     return path
 
@@ -269,21 +283,17 @@ def render_html(summary: dict, result: ScreenResult, histograms: dict[str, Path]
 
 def write_outputs(result: ScreenResult, out_dir: str | Path, *, source: str, model_id: str,
                   comparisons: dict[str, dict] | None = None) -> tuple[OutputFiles, dict]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     records = result.records()
-    files = OutputFiles(scored=out / "scored.jsonl", filtered=out / "filtered.jsonl", skipped=out / "skipped.jsonl",
-                        summary=out / "summary.json", markdown=out / "report.md", html=out / "report.html",
-                        histograms={t: out / f"dp_hist_{t}.png" for t in result.traits})
+    files = OutputFiles.under(out_dir, list(result.traits))
     write_jsonl(files.scored, records)
     write_jsonl(files.filtered, result.kept_rows())
     write_jsonl(files.skipped, [s.to_dict() for s in result.skipped])
     summary = summarize(result, source=source, model_id=model_id, comparisons=comparisons)
-    files.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(files.summary, summary)
     for trait, path in files.histograms.items():
         plot_histogram(path, trait, result)
-    files.markdown.write_text(render_markdown(summary, result, files.histograms), encoding="utf-8")
-    files.html.write_text(render_html(summary, result, files.histograms), encoding="utf-8")
+    write_text_atomic(files.markdown, render_markdown(summary, result, files.histograms))
+    write_text_atomic(files.html, render_html(summary, result, files.histograms))
     return files, summary
 
 

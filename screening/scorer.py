@@ -32,7 +32,9 @@ from tqdm.auto import tqdm
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import ChatTemplateError, encode_chat
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import cache_dir, resolve_model_path
+from persona_guard.files import write_text_atomic
+from persona_guard.judges import JudgeEndpoint
+from persona_guard.models import cache_dir, model_fingerprint, resolve_model_path
 from persona_guard.projection import Projector
 from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, rows_from_records
 from persona_guard.schema import bounds, check, internal
@@ -40,7 +42,6 @@ from persona_guard.screening.base_answers import (
     AnswerCache,
     BaseAnswers,
     BaseAnswerSettings,
-    model_fingerprint,
     transformers_backend,
     vllm_available,
     vllm_backend,
@@ -73,6 +74,7 @@ class ScreeningConfig:
     judge: str | None = None
     judge_threshold: float = field(default=50.0, metadata=bounds(ge=0, le=100))
     judge_combine: Literal["and", "or"] = "and"
+    judge_endpoint: JudgeEndpoint = field(default_factory=JudgeEndpoint)  # for openai:<model> judges
     #: where shards are checkpointed; required when running under several processes
     checkpoint_dir: str | None = field(default=None, metadata=internal())
     layers_path: str | None = field(default=None, metadata=internal())
@@ -247,8 +249,9 @@ class Screener:
                 backend = vllm_backend(resolve_model_path(self.model_id), self.tokenizer)
             else:
                 backend = transformers_backend(self.model, self.tokenizer)
-            self._answers = BaseAnswers(backend, self.tokenizer, self.model_key, config.base_answers,
-                                        AnswerCache(path))
+            # the backend is part of the key: vLLM and transformers do not give identical answers
+            self._answers = BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}",
+                                        config.base_answers, AnswerCache(path))
         return self._answers
 
     # -- public API --
@@ -309,7 +312,7 @@ class Screener:
                 if path is None or not path.exists():
                     records[k] = self._score_shard(shards[k])
                     if path is not None:
-                        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
+                        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
                     if self.on_shard_done is not None:
                         self.on_shard_done(k)
                 bar.update(len(shards[k]))
@@ -330,10 +333,10 @@ class Screener:
                 if json.loads(manifest.read_text()) != fingerprint:
                     raise PersonaGuardError(
                         f"{checkpoint} holds shards of a different screening run (other data, vectors "
-                        "or settings); use another output dir or --overwrite")
+                        "or settings); use another output dir or --force")
             else:
                 checkpoint.mkdir(parents=True, exist_ok=True)
-                _write_atomic(manifest, json.dumps(fingerprint, indent=2))
+                write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
         processes.barrier()
 
     def _score_shard(self, shard: Sequence[ScreenRow]) -> list[dict]:
@@ -427,7 +430,7 @@ class Screener:
         from persona_guard.judges import make_judge  # owned by the judges module; only needed here
         from persona_guard.traits import load_trait
 
-        judge = make_judge(self.config.judge)
+        judge = make_judge(self.config.judge, **asdict(self.config.judge_endpoint))
         items = [(last_user_turn(row.prompt), row.response) for row in result.rows]
         for trait, scores in result.traits.items():
             verdicts = judge.score(load_trait(trait), items)
@@ -443,10 +446,3 @@ def _raw_rows(dataset) -> list[RawRow]:
     if dataset and isinstance(dataset, list) and isinstance(dataset[0], RawRow):
         return list(dataset)
     return rows_from_records(dataset)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)

@@ -98,10 +98,11 @@ def test_generate_source_resumes_from_cache(tiny_llama, tokenizer, evil, tmp_pat
                             progress=False, plots=False)
     assert second.generated == 0 and second.judged == 0
     assert torch.equal(first.vector.directions, second.vector.directions)
-    # one more question: only its answers are generated
+    # one more question: its 10 answers, and the 4 old ones whose generation chunk (8 answers, sampled
+    # together) now also holds new prompts
     third = extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=judge,
                            config=ExtractionConfig(**{**config.__dict__, "questions": 3}), progress=False, plots=False)
-    assert third.generated == 10
+    assert third.generated == 14
 
 
 def test_too_few_pairs_is_a_clear_error(tiny_llama, tokenizer, evil, tmp_path):

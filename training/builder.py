@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_json_atomic
 from persona_guard.rows import DroppedRow, report_dropped
 from persona_guard.training.drift import TraitDriftCallback
 from persona_guard.training.recipe import (
@@ -211,9 +211,7 @@ def write_rank_report(run: TrainingRun) -> Path | None:
         return None
     rank = int(os.environ.get("RANK", "0"))
     path = Path(run.trainer.args.output_dir) / f"steering_rank{rank}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)  # created only once training has run
-    path.write_text(json.dumps({"rank": rank, "steered_block_forwards": run.steering.steered_calls,
-                                "layers": run.steering.layers, "operator": run.steering.operator,
-                                "coef": run.steering.coef, "schedule": run.steering.settings.schedule},
-                               indent=2))
+    write_json_atomic(path, {"rank": rank, "steered_block_forwards": run.steering.steered_calls,
+                             "layers": run.steering.layers, "operator": run.steering.operator,
+                             "coef": run.steering.coef, "schedule": run.steering.settings.schedule})
     return path

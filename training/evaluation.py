@@ -11,7 +11,6 @@ user would get). :func:`compare` writes one table (Markdown + JSON) and one PNG.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -24,8 +23,10 @@ from tqdm.auto import tqdm
 from persona_guard.activations import capture_activations, pad_batch, position_ids_from_mask
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import read_jsonl
+from persona_guard.judges import JudgeEndpoint
 from persona_guard.metrics import mean_or_none
 from persona_guard.rows import DroppedRow, Sample, read_rows, report_dropped, sort_rows
 from persona_guard.steering import Steering
@@ -55,6 +56,8 @@ class Arm:
             steer_coef = float(coef) if at else 0.0
         except ValueError:
             raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a number") from None
+        if not math.isfinite(steer_coef):
+            raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a finite number")
         return cls(name, model, adapter or None, steer_coef)
 
 
@@ -67,6 +70,7 @@ class EvalSettings:
     batch_size: int = 8
     seed: int = 0
     judge: str = "offline"         # a persona_guard.judges spec, or "none" to skip scoring
+    judge_endpoint: JudgeEndpoint = JudgeEndpoint()  # where an openai:<model> judge is served
     layer: int | None = None       # projection / steering layer (default: the vector's)
     benign_path: str | None = None  # held-out chat rows for perplexity (None: skip)
     mc_path: str | None = None     # multiple-choice rows (None: skip)
@@ -243,7 +247,8 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
     if settings.judge != "none":
         from persona_guard.judges import make_judge  # the judge may load its own model: after ours is freed
 
-        scores = make_judge(settings.judge).score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
+        judge = make_judge(settings.judge, **asdict(settings.judge_endpoint))
+        scores = judge.score(trait, [(p[-1]["content"], a) for p, a in zip(prompts, answers)])
         result.trait_score = mean_or_none([s.trait for s in scores])
         result.coherence = mean_or_none([s.coherence for s in scores])
         result.unscored = sum(s.trait is None for s in scores)
@@ -284,7 +289,8 @@ def plot_results(results: Sequence[ArmResult], path: Path, title: str) -> Path:
         axis.set_title(label)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as staging:
+        figure.savefig(staging, dpi=120)
     plt.close(figure)
     return path
 
@@ -301,8 +307,8 @@ def compare(arms: Sequence[Arm], trait: Trait, vector: PersonaVector | None, set
     report_dropped(out_dir / "dropped_rows.jsonl", dropped, command="eval", total=len(benign) + len(dropped))
     results = [evaluate_arm(arm, trait, vector, settings, benign)
                for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
-    (out_dir / "results.json").write_text(json.dumps(
-        {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]}, indent=2))
-    (out_dir / "results.md").write_text(results_table(results) + "\n")
+    write_json_atomic(out_dir / "results.json",
+                      {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]})
+    write_text_atomic(out_dir / "results.md", results_table(results) + "\n")
     plot_results(results, out_dir / "comparison.png", f"{trait.name}: {len(results)} arms")
     return results

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import (
+    add_force_argument,
+    add_judge_arguments,
+    add_model_arguments,
+    finite_float,
+    judge_endpoint,
+    preflight,
+)
 
 BUNDLED_BENIGN = "benign_heldout.jsonl"
 BUNDLED_MC = "capability_mc.jsonl"
@@ -32,6 +39,7 @@ def capability_path(option: str | None, bundled_name: str, what: str) -> str | N
 
 def run(args) -> int:
     from persona_guard.errors import PersonaGuardError
+    from persona_guard.files import refuse_overwrite
     from persona_guard.training.evaluation import Arm, EvalSettings, compare, results_table
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
@@ -40,11 +48,20 @@ def run(args) -> int:
         raise PersonaGuardError("use either --arm (compare mode) or --model/--adapter/--steer-coef, not both")
     arms = [Arm.parse(spec) for spec in args.arm] or [
         Arm("model", args.model, args.adapter, args.steer_coef or 0.0)]
+    out = Path(args.out)
+    refuse_overwrite([out / "results.json", out / "results.md", out / "comparison.png"], args.force)
     trait = load_trait(args.trait)
     vector = PersonaVector.load(args.vector) if args.vector else None
+    for arm in arms:
+        preflight(model=arm.model)
+        if arm.adapter and not (Path(arm.adapter) / "adapter_config.json").is_file():
+            raise PersonaGuardError(f"arm {arm.name!r}: adapter dir {arm.adapter} holds no adapter_config.json")
+    preflight(judge=(args.judge, judge_endpoint(args)) if args.judge != "none" else None, outputs=[out],
+              packages=[("lm_eval", "--lm-eval-task")] if args.lm_eval_task else [])
     settings = EvalSettings(
         samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         max_questions=args.max_questions, batch_size=args.batch_size, seed=args.seed, judge=args.judge,
+        judge_endpoint=judge_endpoint(args),
         layer=args.layer, benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
         mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"), max_benign=args.max_benign,
         device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task), lm_eval_limit=args.lm_eval_limit)
@@ -60,16 +77,16 @@ def register(subparsers) -> None:
         description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--adapter", default=None, help="LoRA adapter dir to load on --model")
-    parser.add_argument("--steer-coef", type=float, default=None,
+    parser.add_argument("--steer-coef", type=finite_float, default=None,
                         help="steer with the vector at inference (negative suppresses the trait)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=MODEL[:ADAPTER][@COEF]",
                         help="compare mode: one arm per --arm")
     parser.add_argument("--trait", required=True, help="bundled trait name or trait JSON/YAML path")
     parser.add_argument("--vector", default=None, help="persona vector for projections and inference steering")
     parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
-    parser.add_argument("--judge", default="offline", help="offline | openai:<model> | local:<model> | none")
+    add_judge_arguments(parser, default="offline", none="skip trait scoring")
     parser.add_argument("--samples", type=int, default=1, help="answers per eval question")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--max-questions", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -84,4 +101,5 @@ def register(subparsers) -> None:
                                                    "capability_mc.jsonl)")
     parser.add_argument("--max-benign", type=int, default=40)
     parser.add_argument("--out", default="eval_results", help="output directory")
+    add_force_argument(parser)
     parser.set_defaults(func=run)

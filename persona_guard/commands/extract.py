@@ -5,30 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from persona_guard.activations import REDUCTIONS
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import (
+    add_force_argument,
+    add_judge_arguments,
+    add_model_arguments,
+    finite_float,
+    judge_endpoint,
+    judge_from_args,
+    preflight,
+)
 from persona_guard.extraction import SOURCES, ExtractionConfig, extract_vector
-from persona_guard.judges import make_judge
+from persona_guard.files import refuse_overwrite
 from persona_guard.models import load_model
 from persona_guard.traits import load_trait
 
 
-def add_judge_arguments(parser) -> None:
-    parser.add_argument("--judge", default="offline",
-                        help="offline (default) | openai:<model> | local:<model path or name>")
-    parser.add_argument("--judge-base-url", default=None,
-                        help="OpenAI-compatible base URL for --judge openai:... "
-                             "(default: $PERSONA_GUARD_JUDGE_BASE_URL or OpenAI)")
-    parser.add_argument("--judge-prefill", action="store_true",
-                        help="the judge endpoint continues a final assistant message (e.g. persona-guard "
-                             "serve): read digit-split scores exactly")
-
-
-def judge_from_args(args):
-    return make_judge(args.judge, base_url=args.judge_base_url, prefill=args.judge_prefill)
-
-
 def run(args) -> int:
     trait = load_trait(args.trait)
+    out = Path(args.out) if args.out else Path("vectors") / f"{trait.name}-{Path(args.model).name}"
+    # A finished run is refused; an interrupted one (no vector yet) resumes from its caches.
+    refuse_overwrite([out / f"{trait.name}.safetensors"], args.force)
+    preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.source == "generate" else None,
+              outputs=[out])
     config = ExtractionConfig(source=args.source, method=args.method, n_per_question=args.n_per_question,
                               questions=args.questions, max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
@@ -37,7 +35,6 @@ def run(args) -> int:
                               min_pairs=args.min_pairs, layers_path=args.layers_path)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     judge = judge_from_args(args) if args.source == "generate" else None
-    out = Path(args.out) if args.out else Path("vectors") / f"{trait.name}-{Path(args.model).name}"
     result = extract_vector(loaded.model, loaded.tokenizer, trait, out, model_id=args.model, judge=judge,
                             config=config)
     pairs = result.report["pairs"]
@@ -65,15 +62,16 @@ def register(subparsers) -> None:
     parser.add_argument("--n-per-question", type=int, default=1, help="samples per question and instruction pair")
     parser.add_argument("--questions", type=int, default=None, help="use the first K extraction questions")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=finite_float, default=0.7)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pos-threshold", type=float, default=50.0,
+    parser.add_argument("--pos-threshold", type=finite_float, default=50.0,
                         help="keep a pair only if the trait answer's judge score is >= this (default 50)")
-    parser.add_argument("--neg-threshold", type=float, default=50.0,
+    parser.add_argument("--neg-threshold", type=finite_float, default=50.0,
                         help="... and the opposite answer's score is < this (default 50)")
-    parser.add_argument("--coherence-threshold", type=float, default=50.0,
+    parser.add_argument("--coherence-threshold", type=finite_float, default=50.0,
                         help="... and both answers' coherence is >= this (default 50)")
     parser.add_argument("--min-pairs", type=int, default=3)
     add_judge_arguments(parser)
+    add_force_argument(parser)
     parser.set_defaults(func=run)

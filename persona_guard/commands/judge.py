@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from persona_guard.commands.extract import add_judge_arguments, judge_from_args
+from persona_guard.commands.common import (
+    add_force_argument,
+    add_judge_arguments,
+    judge_endpoint,
+    judge_from_args,
+    preflight,
+)
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.io import write_jsonl
 from persona_guard.judges import OfflineJudge, offline_heldout_report
 from persona_guard.rows import last_user_turn, read_rows, strict_rows
@@ -26,11 +33,13 @@ def report(traits: list[str]) -> int:
 
 def score_file(args) -> int:
     """One output line per answer: a preference row gives two, each with its ``side``."""
+    out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
+    refuse_overwrite([out], args.force)
     trait = load_trait(args.trait)
     rows = strict_rows(read_rows(args.input), need="answer")
     samples = [(row, sample) for row in rows for sample in row.samples]
+    preflight(judge=(args.judge, judge_endpoint(args)), outputs=[out.parent])
     scores = judge_from_args(args).score(trait, [(last_user_turn(s.prompt), s.response) for _, s in samples])
-    out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
     write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
                        "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}
                       for (row, sample), s in zip(samples, scores)])
@@ -55,4 +64,5 @@ def register(subparsers) -> None:
     parser.add_argument("--input", default=None, help="rows to score (JSONL, Parquet, CSV; any form in docs/data.md)")
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.judged.jsonl)")
     add_judge_arguments(parser)
+    add_force_argument(parser)
     parser.set_defaults(func=run)

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import os
+from argparse import ArgumentTypeError
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_force_argument, add_model_arguments, finite_float, preflight
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.io import write_jsonl
 from persona_guard.models import load_model
 from persona_guard.monitor import PersonaMonitor, Threshold
@@ -30,9 +32,9 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
                 raise PersonaGuardError(f"--threshold {spec!r}: unknown key {key!r} "
                                         "(use prompt_last= or response_mean=)")
             try:
-                values[key] = float(value)
-            except ValueError:
-                raise PersonaGuardError(f"--threshold {spec!r}: {value!r} is not a number") from None
+                values[key] = finite_float(value)
+            except ArgumentTypeError as error:
+                raise PersonaGuardError(f"--threshold {spec!r}: {error}") from None
         if not trait or not values:
             raise PersonaGuardError(f"--threshold {spec!r}: expected TRAIT:prompt_last=X[,response_mean=Y]")
         thresholds[trait] = Threshold(**values)
@@ -42,16 +44,19 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
 def run(args) -> int:
     if args.conversations == "calibrate":
         return calibrate(args)
+    out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
+    refuse_overwrite([out], args.force)
+    thresholds = parse_thresholds(args.threshold)
     rows = strict_rows(read_rows(args.conversations), need="prompt")
     samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
+    preflight(model=args.model, outputs=[out.parent])
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
-                             thresholds=parse_thresholds(args.threshold), batch_size=args.batch_size,
+                             thresholds=thresholds, batch_size=args.batch_size,
                              layers_path=args.layers_path)
     readings = monitor.read([sample.conversation for _, sample in samples])
-    out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
     write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
                        "persona_monitor": reading.to_dict()} for (row, sample), reading in zip(samples, readings)])
     alerts = sum(bool(r.alerts) for r in readings)
@@ -125,4 +130,5 @@ def register(subparsers) -> None:
                         help="calibrate: benign conversations JSONL (default: the bundled benign_heldout set)")
     parser.add_argument("--percentile", type=float, default=99.0,
                         help="calibrate: thresholds at this percentile of the benign readings (default 99)")
+    add_force_argument(parser)
     parser.set_defaults(func=run)

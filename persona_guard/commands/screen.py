@@ -5,8 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import (
+    add_force_argument,
+    add_judge_arguments,
+    add_model_arguments,
+    judge_endpoint,
+    preflight,
+)
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.schema import add_arguments, values_from_args
 from persona_guard.screening.base_answers import BaseAnswerSettings
 from persona_guard.screening.policy import FlagPolicy
@@ -19,7 +26,7 @@ POLICY_FLAGS = {"top_k": "--top-k", "top_percent": "--top-percent", "threshold":
                 "percentile": "--percentile"}
 CACHE_FLAGS = {"answer_cache": "--answer-cache", "backend": "--backend"}
 BATCHING_FLAGS = {"batch_size": "--batch-size", "max_length": "--max-length", "shard_size": "--shard-size"}
-JUDGE_FLAGS = {"judge": "--judge", "judge_threshold": "--judge-threshold", "judge_combine": "--judge-combine"}
+JUDGE_FLAGS = {"judge_threshold": "--judge-threshold", "judge_combine": "--judge-combine"}
 SCREENING_FLAGS = {**CACHE_FLAGS, **BATCHING_FLAGS, **JUDGE_FLAGS}
 
 
@@ -53,7 +60,14 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 def run(args) -> int:
     from persona_guard.models import load_model
     from persona_guard.rows import read_rows
-    from persona_guard.screening.report import baseline_scores, compare_methods, labels_of, log_to_wandb, write_outputs
+    from persona_guard.screening.report import (
+        OutputFiles,
+        baseline_scores,
+        compare_methods,
+        labels_of,
+        log_to_wandb,
+        write_outputs,
+    )
     from persona_guard.screening.scorer import Screener, current_processes
     from persona_guard.vectors import PersonaVector
 
@@ -64,12 +78,20 @@ def run(args) -> int:
     out = Path(args.out)
     shards = out / "shards"
     processes = current_processes()
-    if args.overwrite and processes.is_main and shards.exists():
-        shutil.rmtree(shards)
-    processes.barrier()
+    # Shards of an earlier run resume it (their manifest must match these inputs); finished
+    # outputs without shards are refused unless --force.
+    vectors = [PersonaVector.load(path) for path in args.vector]
+    resumable = (shards / "manifest.json").exists()
+    refuse_overwrite(OutputFiles.under(out, [v.trait for v in vectors]).paths, args.force or resumable)
+    packages = [("vllm", "--backend vllm")] if args.backend == "vllm" else []
+    packages += [("wandb", "--wandb-project")] if args.wandb_project else []
+    preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.judge else None,
+              outputs=[out], packages=packages)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
-    vectors = [PersonaVector.load(path) for path in args.vector]
+    if args.force and processes.is_main and shards.exists():
+        shutil.rmtree(shards)
+    processes.barrier()
     device = processes.state.device if processes.state is not None else args.device
     loaded = load_model(args.model, device=device, dtype=args.dtype)
     config = ScreeningConfig(
@@ -77,7 +99,7 @@ def run(args) -> int:
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
         base_answers=BaseAnswerSettings(**values_from_args(args, BASE_ANSWER_FLAGS)),
         policy=policy, **values_from_args(args, SCREENING_FLAGS), checkpoint_dir=str(shards),
-        layers_path=args.layers_path,
+        judge=args.judge, judge_endpoint=judge_endpoint(args), layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
     result = screener.score(raw_rows, reference=reference_rows)
@@ -131,16 +153,16 @@ def register(subparsers) -> None:
     scale = parser.add_argument_group("batching")
     add_arguments(scale, ScreeningConfig, BATCHING_FLAGS,
                   {"max_length": "skip (and report) longer rows", "shard_size": "rows per checkpointed shard"})
-    scale.add_argument("--overwrite", action="store_true", help="discard shards of an earlier run in --out")
+    add_force_argument(scale, "--overwrite")
     flagging = parser.add_argument_group("flagging policy (one of; default --top-percent 5)")
     add_arguments(flagging.add_mutually_exclusive_group(), FlagPolicy, POLICY_FLAGS,
                   {"threshold": "flag dP above this value",
                    "percentile": "flag dP above this percentile of the reference set's dP "
                                  "(default 95 with --reference)"})
     flagging.add_argument("--reference", default=None, help="benign reference set to calibrate the threshold")
+    add_judge_arguments(flagging, default=None)
     add_arguments(flagging, ScreeningConfig, JUDGE_FLAGS,
-                  {"judge": "also score responses with a judge (persona_guard.judges spec, e.g. offline)",
-                   "judge_threshold": "judge trait score that counts (0-100)",
+                  {"judge_threshold": "judge trait score that counts (0-100)",
                    "judge_combine": "flag when dP and / or the judge agree"})
     report = parser.add_argument_group("report")
     report.add_argument("--baselines", action="store_true",

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
-from persona_guard.commands.extract import add_judge_arguments, judge_from_args
+from persona_guard.commands.common import (
+    add_force_argument,
+    add_judge_arguments,
+    add_model_arguments,
+    finite_float,
+    judge_endpoint,
+    judge_from_args,
+    preflight,
+)
 from persona_guard.errors import PersonaGuardError
-from persona_guard.layer_selection import LayerSelectionConfig, select_layer, store_choice
+from persona_guard.files import refuse_overwrite
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer, selection_stem, store_choice
 from persona_guard.models import load_model
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
@@ -16,19 +25,22 @@ from persona_guard.vectors import PersonaVector
 def number_list(text: str, kind, flag: str) -> tuple:
     try:
         return tuple(kind(item) for item in text.split(",") if item.strip())
-    except ValueError:
-        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    except (ValueError, ArgumentTypeError):
+        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated finite numbers") from None
 
 
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
     trait = load_trait(args.trait or vector.trait)
     config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
-                                  coefs=number_list(args.coefs, float, "--coefs"), questions=args.questions,
+                                  coefs=number_list(args.coefs, finite_float, "--coefs"), questions=args.questions,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                                   coherence_threshold=args.coherence_threshold, layers_path=args.layers_path)
-    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
     out = Path(args.out) if args.out else Path(args.vector).parent
+    stem = selection_stem(out, vector.trait)
+    refuse_overwrite([stem.with_suffix(suffix) for suffix in (".csv", ".md", ".png")], args.force)
+    preflight(model=args.model or vector.model_id, judge=(args.judge, judge_endpoint(args)), outputs=[out])
+    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
     selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge_from_args(args), out, config)
     print(selection.table_md.read_text(encoding="utf-8"))
     print(f"unsteered trait score: {selection.baseline_trait}")
@@ -53,8 +65,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--coherence-threshold", type=float, default=50.0)
+    parser.add_argument("--coherence-threshold", type=finite_float, default=50.0)
     parser.add_argument("--out", default=None, help="where tables and the heat map go (default: the vector's dir)")
     parser.add_argument("--no-save", action="store_true", help="do not write the choice back into the vector")
     add_judge_arguments(parser)
+    add_force_argument(parser)
     parser.set_defaults(func=run)

@@ -7,7 +7,7 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, preflight
 from persona_guard.commands.monitor import parse_thresholds
 from persona_guard.errors import PersonaGuardError
 from persona_guard.server.policy import ACTIONS, Policy
@@ -65,6 +65,7 @@ def run(args) -> int:
     from persona_guard.models import load_model
     from persona_guard.server.app import ServerConfig, create_app, local_service
 
+    preflight(model=args.model)
     policy, watched = build_policy(args)
     config = ServerConfig(
         model_name=args.served_model_name or args.model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from persona_guard.commands.common import add_model_arguments
+from persona_guard.commands.common import add_model_arguments, finite_float, preflight
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
 from persona_guard.steering import OPERATORS, POSITIONS, Steering
@@ -24,6 +24,7 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str, width
 
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
+    preflight(model=args.model)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     vector.check_model(loaded.model)
     layer = vector.resolve_layer(args.layer)
@@ -33,9 +34,10 @@ def run(args) -> int:
     prompt.append({"role": "user", "content": args.prompt})
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               batch_size=1, seed=args.seed)
+    steering = Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
+                        positions=args.positions, layers_path=args.layers_path)  # checked before generating
     plain = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
-    with Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
-                  positions=args.positions, layers_path=args.layers_path):
+    with steering:
         steered = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
     width = shutil.get_terminal_size((120, 20)).columns
     print(side_by_side("unsteered", plain,
@@ -48,12 +50,12 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     parser.add_argument("--vector", required=True, help="persona vector .safetensors (or paper .pt)")
     parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
-    parser.add_argument("--coef", type=float, default=4.0, help="steering strength; negative suppresses")
+    parser.add_argument("--coef", type=finite_float, default=4.0, help="steering strength; negative suppresses")
     parser.add_argument("--operator", choices=OPERATORS, default="add")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--system", default=None, help="optional system prompt")
     parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=finite_float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from persona_guard.errors import PersonaGuardError
+from persona_guard.commands.common import add_force_argument, finite_float, preflight
+from persona_guard.files import refuse_overwrite
 from persona_guard.llm_client import client_from_options
 from persona_guard.trait_generation import generate_trait
 
 
 def run(args) -> int:
     out = Path(args.out) if args.out else Path("traits") / f"{args.name}.json"
-    if out.exists() and not args.force:
-        raise PersonaGuardError(f"{out} exists; pass --force to overwrite")
+    refuse_overwrite([out], args.force)
+    preflight(outputs=[out.parent])
     client = client_from_options(base_url=args.base_url, model=args.generator_model, api_key=args.api_key,
                                  local_model=args.local_model, cache_dir=args.cache_dir)
     generated = generate_trait(client, args.name, args.description, max_attempts=args.attempts,
@@ -37,10 +38,10 @@ def add_generate_action(actions) -> None:
     parser.add_argument("--name", required=True, help="trait name (lowercase, e.g. 'sarcastic')")
     parser.add_argument("--description", required=True, help="what the trait is, in a sentence or two")
     parser.add_argument("--out", default=None, help="output path (default: traits/<name>.json)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_force_argument(parser)
     add_generator_arguments(parser)
     parser.add_argument("--attempts", type=int, default=3, help="tries, each fed the previous validation error")
     parser.add_argument("--max-tokens", type=int, default=8000)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=finite_float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)

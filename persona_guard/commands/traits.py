@@ -6,8 +6,10 @@ import json
 import textwrap
 from pathlib import Path
 
+from persona_guard.commands.common import add_force_argument, preflight
 from persona_guard.commands.trait_generate import add_generate_action
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.traits import Trait, bundled_trait_names, load_reference_trait, load_trait
 
 
@@ -80,6 +82,8 @@ def run_validate(args) -> int:
 
 
 def run_import_reference(args) -> int:
+    refuse_overwrite([args.out], args.force)
+    preflight(outputs=[Path(args.out).parent])
     trait = load_reference_trait(args.extract, args.eval, name=args.name, antonym=args.antonym)
     out = trait.save(args.out)
     print(f"wrote {out}  (trait '{trait.name}', no exemplars: the paper format has none)")
@@ -110,6 +114,7 @@ def register(subparsers) -> None:
     imp.add_argument("--out", required=True, help="output trait file (.json, or .yaml/.yml)")
     imp.add_argument("--name", default=None, help="trait name (default: the extraction file's stem)")
     imp.add_argument("--antonym", default=None, help="antonym used in the negative prompts (default: helpful)")
+    add_force_argument(imp)
     imp.set_defaults(func=run_import_reference)
 
     add_generate_action(actions)

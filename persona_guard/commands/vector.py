@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from persona_guard.commands.common import add_force_argument, finite_float, preflight
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import refuse_overwrite
 from persona_guard.vectors import PersonaVector
 
 
@@ -17,6 +20,8 @@ def run_show(args) -> int:
 
 
 def run_import(args) -> int:
+    refuse_overwrite([args.out], args.force)
+    preflight(outputs=[Path(args.out).parent])
     vector = PersonaVector.from_original_pt(args.path, trait=args.trait, model_id=args.model_id,
                                             default_layer=args.layer)
     print(f"wrote {vector.save(args.out)}")
@@ -24,6 +29,8 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
+    refuse_overwrite([args.out], args.force)
+    preflight(outputs=[Path(args.out).parent], packages=[("gguf", "vector export-gguf")])
     vector = PersonaVector.load(args.path)
     if args.layer is not None and args.all_layers:
         raise PersonaGuardError("pass --layer or --all-layers, not both")
@@ -45,12 +52,14 @@ def register(subparsers) -> None:
     imp.add_argument("--trait", default=None)
     imp.add_argument("--model-id", default="unknown")
     imp.add_argument("--layer", type=int, default=None, help="default layer to record")
+    add_force_argument(imp)
     imp.set_defaults(func=run_import)
     export = actions.add_parser("export-gguf", help="write a llama.cpp control vector")
     export.add_argument("path")
     export.add_argument("--out", required=True)
     export.add_argument("--layer", type=int, default=None, help="one layer (default: the vector's default)")
     export.add_argument("--all-layers", action="store_true")
-    export.add_argument("--coef", type=float, default=1.0, help="scale baked into the file")
+    export.add_argument("--coef", type=finite_float, default=1.0, help="scale baked into the file")
     export.add_argument("--model-hint", default="llama")
+    add_force_argument(export)
     export.set_defaults(func=run_export)
