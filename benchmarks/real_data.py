@@ -63,6 +63,8 @@ TRAIN_SETS = {
     "pv_evil_I": "real:pv_evil_I", "pv_evil_II": "real:pv_evil_II", "pv_hallucination_I": "real:pv_hallucination_I",
     "em_insecure": "real:em_insecure", "mo_misalignment_kl_data_aligned": "real:mo_misalignment_kl_data_aligned"}
 EVAL_TRAITS = ("evil", "hallucinating")
+#: extraction questions for generate + judge (hallucinating: 3, to fit the CPU budget)
+GENERATE_QUESTIONS = {"evil": 6, "hallucinating": 3}
 STEERED_SET = "pv_evil_II"
 
 
@@ -94,7 +96,7 @@ class Choices:
     eval_questions: int = 8
     eval_tokens: int = 32
     benign_rows: int = 40
-    generate_questions: int = 6
+    generate_questions: dict | None = None  # per trait; default {"evil": 6, "hallucinating": 3}
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
                 results["generate"] = extract_vector(
                     loaded.model, loaded.tokenizer, trait, base / "generate", model_id=args.model,
                     judge=make_judge("offline"), plots=False, progress=False,
-                    config=ExtractionConfig(source="generate", questions=choices.generate_questions,
+                    config=ExtractionConfig(source="generate", questions=(choices.generate_questions or GENERATE_QUESTIONS)[name],
                                             max_new_tokens=choices.base_answer_tokens, min_pairs=1, seed=args.seed))
             except PersonaGuardError as error:
                 entry["generate_error"] = str(error)
@@ -365,7 +367,7 @@ def run_train(args, out: Path, choices: Choices) -> dict:
         for trait_name in EVAL_TRAITS:
             vector = load_vectors(out, trait_name)["exemplars"]
             settings = EvalSettings(max_new_tokens=choices.eval_tokens, max_questions=choices.eval_questions,
-                                    seed=args.seed, layer=choices.layers[trait_name], device="cpu",
+                                    seed=args.seed, layer=choices.layers[trait_name], device=args.device,
                                     batch_size=args.batch_size,
                                     benign_path=str(dataset_path("benign_heldout.jsonl"))
                                     if name in steering_arms and trait_name == "evil" else None,
@@ -629,6 +631,9 @@ def main() -> None:
     parser.add_argument("--files", default=",".join(REAL_FILES), help="real files to screen (sample level)")
     parser.add_argument("--arms", default=",".join(arm_plan(Path("."), Choices(layers={}))),
                         help="arms to train (training set names, plus <set>+prevent, <set>+prevent-multi)")
+    parser.add_argument("--layers", default="evil=20,hallucinating=15,sycophantic=20",
+                        help="TRAIT=LAYER for the first run's choices.json (SmolLM2: select-layer's steering choice)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -651,7 +656,8 @@ def main() -> None:
     timing = read_json(timing_path) if timing_path.is_file() else {}
     choices_path = out / "choices.json"
     if not choices_path.is_file():
-        write_json(choices_path, asdict(Choices(layers={"evil": 20, "hallucinating": 15, "sycophantic": 20})))
+        layers = {t: int(l) for t, _, l in (item.partition("=") for item in args.layers.split(","))}
+        write_json(choices_path, asdict(Choices(layers=layers)))
     raw = read_json(choices_path)
     choices = Choices(**{**raw, "multi_layers": tuple(raw["multi_layers"])})
     loaded = None
@@ -661,7 +667,7 @@ def main() -> None:
         if loaded is None:
             from persona_guard.models import load_model
 
-            loaded = load_model(args.model, device="cpu")
+            loaded = load_model(args.model, device=args.device)
         return loaded
 
     started = time.perf_counter()

@@ -34,7 +34,7 @@ def benchmark_module():
     return real_data
 
 
-@pytest.mark.parametrize("name", ["pv_evil_II", "em_insecure"])
+@pytest.mark.parametrize("name", ["pv_evil_II", "mo_misalignment_kl_data_aligned"])
 def test_real_set_screens_every_row(name, tiny_llama, tokenizer, tmp_path):
     path = REAL_DIR / f"{name}.jsonl"
     raw = read_rows(path)[:ROWS]
