@@ -253,10 +253,10 @@ def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, c
     probes = [PersonaVector(probe_name(trait_name, s, l), v.model_id, v.directions, default_layer=l)
               for s, v in vectors.items() for l in layers]
     rows = sample_rows(str(real_path(args.real_dir, name)), args.rows, args.seed)
-    config = ScreeningConfig(mode="exact", batch_size=args.batch_size, answer_cache=str(out / "base_answers.sqlite"),
+    config = ScreeningConfig(mode=args.mode, batch_size=args.batch_size, answer_cache=str(out / "base_answers.sqlite"),
                              base_answers=BaseAnswerSettings(max_new_tokens=choices.base_answer_tokens, seed=args.seed,
                                                              batch_size=args.batch_size),
-                             checkpoint_dir=str(out / "screen" / f"{name}.shards"), shard_size=50)
+                             checkpoint_dir=str(out / "screen" / f"{name}-{args.rows}-{args.mode}.shards"), shard_size=50)
     screener = Screener(loaded.model, loaded.tokenizer, probes, config, model_id=args.model)
     started = time.perf_counter()
     result = screener.score(rows)
@@ -266,14 +266,15 @@ def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, c
         key = probe.trait.split("|")[1]
         arrays[f"{key}/response"] = scores.projection
         arrays[f"{key}/prompt"] = scores.prompt_projection
-        arrays[f"{key}/base"] = scores.base_projection
+        if scores.base_projection is not None:  # exact mode
+            arrays[f"{key}/base"] = scores.base_projection
     arrays["embedding"] = embedder.similarity([r.response for r in result.rows], load_trait(trait_name).description)
     arrays["source_row"] = np.array([r.data["source_row"] for r in result.rows])
     path = out / "screen" / f"{name}.npz"
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
-    return {"rows": len(rows), "scored": len(result.rows), "skipped": [s.reason for s in result.skipped],
+    return {"mode": args.mode, "rows": len(rows), "scored": len(result.rows), "skipped": [s.reason for s in result.skipped],
             "generated_prompts": result.generated_prompts, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -388,23 +389,32 @@ def run_train(args, out: Path, choices: Choices) -> dict:
 def mix_scores(out: Path, trait: str, source: str, layer: int, name: str) -> dict[str, np.ndarray]:
     data = np.load(out / "screen" / f"{name}.npz")
     key = f"{source}@{layer}"
-    response, prompt, base = data[f"{key}/response"], data[f"{key}/prompt"], data[f"{key}/base"]
-    return {"exact dP": response - base, "fast dP": response - prompt, "response projection": response,
+    response, prompt = data[f"{key}/response"], data[f"{key}/prompt"]
+    exact = {"exact dP": response - data[f"{key}/base"]} if f"{key}/base" in data.files else {}
+    return {**exact, "fast dP": response - prompt, "response projection": response,
             "embedding similarity": data["embedding"]}
+
+
+def mixes_present(out: Path) -> dict:
+    """The mixes whose two files have been screened."""
+    return {mix: spec for mix, spec in MIXES.items()
+            if all((out / "screen" / f"{name}.npz").is_file() for name in spec[1:3])}
 
 
 def mix_table(out: Path, choices: Choices, seed: int) -> dict:
     from persona_guard import metrics
 
     table = {}
-    for mix, (trait, positive, negative, share) in MIXES.items():
+    for mix, (trait, positive, negative, share) in mixes_present(out).items():
         pos = mix_scores(out, trait, "exemplars", choices.layers[trait], positive)
         neg = mix_scores(out, trait, "exemplars", choices.layers[trait], negative)
         n_neg = len(next(iter(neg.values())))
         n_pos = len(next(iter(pos.values())))
         k = min(n_pos, max(1, round(share * n_neg / (1 - share)))) if share else n_pos
-        entry = {"positives": n_pos, "negatives": n_neg, "k": k, "methods": {}}
-        for method in pos:
+        modes = [read_json(out / "screen" / f"{n}.json")["mode"] if "mode" in read_json(out / "screen" / f"{n}.json")
+                 else "exact" for n in (positive, negative)]
+        entry = {"positives": n_pos, "negatives": n_neg, "k": k, "mode": "/".join(sorted(set(modes))), "methods": {}}
+        for method in [m for m in pos if m in neg]:
             scores, labels = np.r_[pos[method], neg[method]], np.r_[np.ones(n_pos), np.zeros(n_neg)]
             low, high = metrics.auroc_interval(scores, labels, seed=seed)
             mixed = np.r_[pos[method][:k], neg[method]]
@@ -420,7 +430,7 @@ def layer_curves(out: Path) -> dict:
     from persona_guard import metrics
 
     curves = {}
-    for mix, (trait, positive, negative, _) in MIXES.items():
+    for mix, (trait, positive, negative, _) in mixes_present(out).items():
         pos, neg = np.load(out / "screen" / f"{positive}.npz"), np.load(out / "screen" / f"{negative}.npz")
         curves[mix] = {}
         for source in SOURCES:
@@ -532,7 +542,7 @@ def run_report(args, out: Path, choices: Choices) -> Path:
             if "generate_error" in entry:
                 lines.append(f"| {trait} | generate | failed: {entry['generate_error'][:120]} | | |")
         lines.append("")
-    if all((out / "screen" / f"{n}.npz").is_file() for n in REAL_FILES):
+    if mixes_present(out):
         table = mix_table(out, choices, args.seed)
         write_json(out / "mixes.json", table)
         lines += ["## Sample-level screening (test)", "",
@@ -541,7 +551,7 @@ def run_report(args, out: Path, choices: Choices) -> Path:
         for mix, entry in table.items():
             for method, m in entry["methods"].items():
                 mark = "**" if method == choices.ranking else ""
-                lines.append(f"| {mix} | {entry['positives']} / {entry['negatives']} ({entry['k']}) | {mark}{method}{mark} "
+                lines.append(f"| {mix} ({entry['mode']}) | {entry['positives']} / {entry['negatives']} ({entry['k']}) | {mark}{method}{mark} "
                              f"| {m['auroc']:.3f} ({m['auroc_95ci'][0]:.2f}-{m['auroc_95ci'][1]:.2f}) "
                              f"| {m['precision_at_k']:.2f} |")
         curves = layer_curves(out)
@@ -634,6 +644,8 @@ def main() -> None:
     parser.add_argument("--layers", default="evil=20,hallucinating=15,sycophantic=20",
                         help="TRAIT=LAYER for the first run's choices.json (SmolLM2: select-layer's steering choice)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", choices=("exact", "fast"), default="exact",
+                        help="sample-level screening: exact (base answers generated) or fast (no generation)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
