@@ -128,7 +128,11 @@ def sample_rows(source: str, rows: int, seed: int) -> list[dict]:
     (``Dataset.shuffle(seed)`` is ``np.random.default_rng(seed).permutation``), without building a
     ``datasets.Dataset`` of the whole file. The first ``k`` rows of an ``n``-row sample are the
     ``k``-row sample, and equal-length paired files get equal indices."""
-    from persona_guard.training.recipe import SOURCE_ROW, load_rows, prompt_completion_rows
+    from persona_guard.training.recipe import (
+        SOURCE_ROW,
+        load_rows,
+        prompt_completion_rows,
+    )
 
     records = prompt_completion_rows(load_rows(source, "train"), source)
     order = np.random.default_rng(seed).permutation(len(records))[:rows] if rows < len(records) \
@@ -245,6 +249,7 @@ def run_dev(args, out: Path, loaded) -> dict:
 def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, choices: Choices) -> dict:
     """Exact screening of one real file's seeded sample with every source x layer probe."""
     from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
+
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
 
@@ -284,9 +289,10 @@ def run_datasets(args, out: Path, loaded, choices: Choices) -> dict:
 
     vectors = []
     for trait in TRAITS:
-        vector = load_vectors(out, trait)["exemplars"]
-        vector.default_layer = choices.layers[trait]
-        vectors.append(vector)
+        if "exemplars" in load_vectors(out, trait):  # a trait whose vectors stage has not run is left out
+            vector = load_vectors(out, trait)["exemplars"]
+            vector.default_layer = choices.layers[trait]
+            vectors.append(vector)
     config = ScreeningConfig(mode="exact", batch_size=args.batch_size, answer_cache=str(out / "base_answers.sqlite"),
                              base_answers=BaseAnswerSettings(max_new_tokens=choices.base_answer_tokens, seed=args.seed,
                                                              batch_size=args.batch_size))
@@ -300,7 +306,8 @@ def run_datasets(args, out: Path, loaded, choices: Choices) -> dict:
                 trait: {"exact dP": float(np.mean(s.dp)), "fast dP": float(np.mean(s.fast_dp)),
                         "response projection": float(np.mean(s.projection))}
                 for trait, s in result.traits.items()}})
-            print(f"  {name}: " + ", ".join(f"{t} dP {read_json(path)[t]['exact dP']:+.2f}" for t in TRAITS), flush=True)
+            print(f"  {name}: " + ", ".join(f"{t} dP {read_json(path)[t]['exact dP']:+.2f}" for t in screener.vectors),
+                  flush=True)
         table[name] = read_json(path)
     return table
 
@@ -334,12 +341,13 @@ def arm_plan(out: Path, choices: Choices) -> dict[str, tuple[str, dict | None]]:
 
 def run_train(args, out: Path, choices: Choices) -> dict:
     """Train each arm (skipping finished ones) and evaluate it on every evaluated trait."""
-    from persona_guard.bundled import dataset_path
-    from persona_guard.traits import load_trait
     from persona_guard.training.builder import build_training_run
     from persona_guard.training.evaluation import Arm, EvalSettings, evaluate_arm
     from persona_guard.training.recipe import recipe_from_dict
     from persona_guard.training.steering_callback import train_with_cleanup
+
+    from persona_guard.bundled import dataset_path
+    from persona_guard.traits import load_trait
 
     plan = arm_plan(out, choices)
     arms = {"base": None, **{name: plan[name] for name in args.arms}}
@@ -411,8 +419,7 @@ def mix_table(out: Path, choices: Choices, seed: int) -> dict:
         n_neg = len(next(iter(neg.values())))
         n_pos = len(next(iter(pos.values())))
         k = min(n_pos, max(1, round(share * n_neg / (1 - share)))) if share else n_pos
-        modes = [read_json(out / "screen" / f"{n}.json")["mode"] if "mode" in read_json(out / "screen" / f"{n}.json")
-                 else "exact" for n in (positive, negative)]
+        modes = [read_json(out / "screen" / f"{n}.json").get("mode", "exact") for n in (positive, negative)]
         entry = {"positives": n_pos, "negatives": n_neg, "k": k, "mode": "/".join(sorted(set(modes))), "methods": {}}
         for method in [m for m in pos if m in neg]:
             scores, labels = np.r_[pos[method], neg[method]], np.r_[np.ones(n_pos), np.zeros(n_neg)]
@@ -566,8 +573,9 @@ def run_report(args, out: Path, choices: Choices) -> Path:
                     continue
                 best = max(curve, key=curve.get)
                 d = dev.get(trait, {}).get(source, {}).get("dev_layer")
+                chosen = f"{d} ({curve[d]:.3f})" if d else "-"
                 lines.append(f"| {mix} | {source} | {curve[choices.layers[trait]]:.3f} | {best} ({curve[best]:.3f}) | "
-                             f"{d} ({curve[d]:.3f}) |" if d else "| - |")
+                             f"{chosen} |")
         lines += ["", "![per-layer curves](real_layers.png)", ""]
     datasets = {n: read_json(out / "datasets" / f"{n.replace('/', '__')}.json") for n in TRAIN_SETS
                 if (out / "datasets" / f"{n.replace('/', '__')}.json").is_file()}
@@ -576,7 +584,7 @@ def run_report(args, out: Path, choices: Choices) -> Path:
                   "| set | rows | evil dP | hallucinating dP | sycophantic dP | evil fast dP | evil response proj |",
                   "|---|---|---|---|---|---|---|"]
         for name, d in sorted(datasets.items(), key=lambda kv: -kv[1]["evil"]["exact dP"]):
-            lines.append(f"| {name} | {d['rows']} | " + " | ".join(f"{d[t]['exact dP']:+.2f}" for t in TRAITS)
+            lines.append(f"| {name} | {d['rows']} | " + " | ".join(f"{d[t]['exact dP']:+.2f}" if t in d else "-" for t in TRAITS)
                          + f" | {d['evil']['fast dP']:+.2f} | {d['evil']['response projection']:+.2f} |")
         lines.append("")
     arms = {}
@@ -599,8 +607,8 @@ def run_report(args, out: Path, choices: Choices) -> Path:
             write_json(out / "correlations.json", corr)
             plot_scatter(corr, out / "real_correlation.png")
             lines += ["## dP before training vs trait shift after training", "",
-                      "| trait | sets | predictor | Pearson r (projection shift) | Spearman (projection) | "
-                      "Pearson r (judge shift) | Spearman (judge) |", "|---|---|---|---|---|---|---|"]
+                      ("| trait | sets | predictor | Pearson r (projection shift) | Spearman (projection) | "
+                      "Pearson r (judge shift) | Spearman (judge) |"), "|---|---|---|---|---|---|---|"]
             for trait, entry in corr.items():
                 for method, p in entry["predictors"].items():
                     lines.append(f"| {trait} | {len(entry['sets'])} | {method} | {p['projection']['pearson']:.2f} | "
