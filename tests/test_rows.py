@@ -199,7 +199,7 @@ def test_rows_trl_would_drop_or_truncate_are_reported(tiny_setup, capsys):  # no
     assert f"{root / 'train.jsonl'}:3: dropped by TRL: no loss token left within max_length 48" in output
 
     write_jsonl(root / "train.jsonl", rows[2:])
-    assert main(["train", str(root / "recipe.yaml"), *overrides]) == 2
+    assert main(["train", "--force", str(root / "recipe.yaml"), *overrides]) == 2  # same output_dir again
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         f"persona-guard train: error: {root / 'recipe.yaml'}: no training row left for TRL")
