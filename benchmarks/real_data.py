@@ -45,23 +45,36 @@ STAGES = ("choices", "vectors", "dev", "screen", "datasets", "train", "report")
 TRAITS = ("evil", "hallucinating", "sycophantic")
 SOURCES = ("exemplars", "generate", "pooled")
 #: real file -> trait whose vectors score it at sample level (all layers, all sources)
-REAL_FILES = {"pv_evil_I": "evil", "pv_evil_II": "evil", "mo_misalignment_kl_data_aligned": "evil",
-              "em_insecure": "evil", "em_secure": "evil",
-              "pv_hallucination_I": "hallucinating", "pv_hallucination_normal": "hallucinating"}
+REAL_FILES = {
+    "pv_evil_I": "evil",
+    "pv_evil_II": "evil",
+    "mo_misalignment_kl_data_aligned": "evil",
+    "em_insecure": "evil",
+    "em_secure": "evil",
+    "pv_hallucination_I": "hallucinating",
+    "pv_hallucination_normal": "hallucinating",
+}
 #: sample-level mixes: name -> (trait, positive file, negative file, share of positives in the mix
 #: for precision@k; None = every sampled row of both sides)
-MIXES = {"evil II in aligned (10%)": ("evil", "pv_evil_II", "mo_misalignment_kl_data_aligned", 0.10),
-         "evil I in aligned (10%)": ("evil", "pv_evil_I", "mo_misalignment_kl_data_aligned", 0.10),
-         "hallucination I vs normal": ("hallucinating", "pv_hallucination_I", "pv_hallucination_normal", None),
-         "insecure vs secure code": ("evil", "em_insecure", "em_secure", None)}
+MIXES = {
+    "evil II in aligned (10%)": ("evil", "pv_evil_II", "mo_misalignment_kl_data_aligned", 0.10),
+    "evil I in aligned (10%)": ("evil", "pv_evil_I", "mo_misalignment_kl_data_aligned", 0.10),
+    "hallucination I vs normal": ("hallucinating", "pv_hallucination_I", "pv_hallucination_normal", None),
+    "insecure vs secure code": ("evil", "em_insecure", "em_secure", None),
+}
 #: training sets for the dP -> shift correlation: name -> data source (recipe ``data.train``)
 TRAIN_SETS = {
-    "evil/normal": "bundled:evil/normal.jsonl", "evil/severe": "bundled:evil/severe.jsonl",
+    "evil/normal": "bundled:evil/normal.jsonl",
+    "evil/severe": "bundled:evil/severe.jsonl",
     "hallucinating/normal": "bundled:hallucinating/normal.jsonl",
     "hallucinating/severe": "bundled:hallucinating/severe.jsonl",
     "mistakes/code_buggy": "bundled:mistakes/code_buggy.jsonl",
-    "pv_evil_I": "real:pv_evil_I", "pv_evil_II": "real:pv_evil_II", "pv_hallucination_I": "real:pv_hallucination_I",
-    "em_insecure": "real:em_insecure", "mo_misalignment_kl_data_aligned": "real:mo_misalignment_kl_data_aligned"}
+    "pv_evil_I": "real:pv_evil_I",
+    "pv_evil_II": "real:pv_evil_II",
+    "pv_hallucination_I": "real:pv_hallucination_I",
+    "em_insecure": "real:em_insecure",
+    "mo_misalignment_kl_data_aligned": "real:mo_misalignment_kl_data_aligned",
+}
 EVAL_TRAITS = ("evil", "hallucinating")
 #: extraction questions for generate + judge (hallucinating: 3, to fit the CPU budget)
 GENERATE_QUESTIONS = {"evil": 6, "hallucinating": 3}
@@ -82,8 +95,10 @@ class Choices:
 
     layers: dict
     ranking: str = "fast dP"
-    dev_layer_criterion: str = ("max AUROC of response projections, bundled <trait>/severe vs <trait>/normal; "
-                                "ties within 0.01 broken by effect size")
+    dev_layer_criterion: str = (
+        "max AUROC of response projections, bundled <trait>/severe vs <trait>/normal; "
+        "ties within 0.01 broken by effect size"
+    )
     base_answer_tokens: int = 48
     prevent_coef: float = 2.0
     prevent_layer: int = 20
@@ -100,6 +115,7 @@ class Choices:
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
+
 
 def write_json(path: Path, data) -> Path:
     """Atomic: a killed run never leaves half a stage file."""
@@ -135,8 +151,7 @@ def sample_rows(source: str, rows: int, seed: int) -> list[dict]:
     )
 
     records = prompt_completion_rows(load_rows(source, "train"), source)
-    order = np.random.default_rng(seed).permutation(len(records))[:rows] if rows < len(records) \
-        else range(len(records))
+    order = np.random.default_rng(seed).permutation(len(records))[:rows] if rows < len(records) else range(len(records))
     return [{**records[i], SOURCE_ROW: int(i) + 1} for i in order]
 
 
@@ -157,6 +172,7 @@ def load_vectors(out: Path, trait: str):
 
 # ---- stages ----------------------------------------------------------------------------------------
 
+
 def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
     """Exemplar vectors for every trait; generate + judge and pooled for the evaluated traits."""
     import torch
@@ -171,33 +187,65 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
     for name in TRAITS:
         trait, base = load_trait(name), out / "vectors" / name
         entry = {}
-        results = {"exemplars": extract_vector(loaded.model, loaded.tokenizer, trait, base / "exemplars",
-                                               model_id=args.model, plots=False, progress=False,
-                                               config=ExtractionConfig(source="exemplars", seed=args.seed))}
+        results = {
+            "exemplars": extract_vector(
+                loaded.model,
+                loaded.tokenizer,
+                trait,
+                base / "exemplars",
+                model_id=args.model,
+                plots=False,
+                progress=False,
+                config=ExtractionConfig(source="exemplars", seed=args.seed),
+            )
+        }
         if name in EVAL_TRAITS:
             try:
                 results["generate"] = extract_vector(
-                    loaded.model, loaded.tokenizer, trait, base / "generate", model_id=args.model,
-                    judge=make_judge("offline"), plots=False, progress=False,
-                    config=ExtractionConfig(source="generate", questions=(choices.generate_questions or GENERATE_QUESTIONS)[name],
-                                            max_new_tokens=choices.base_answer_tokens, min_pairs=1, seed=args.seed))
+                    loaded.model,
+                    loaded.tokenizer,
+                    trait,
+                    base / "generate",
+                    model_id=args.model,
+                    judge=make_judge("offline"),
+                    plots=False,
+                    progress=False,
+                    config=ExtractionConfig(
+                        source="generate",
+                        questions=(choices.generate_questions or GENERATE_QUESTIONS)[name],
+                        max_new_tokens=choices.base_answer_tokens,
+                        min_pairs=1,
+                        seed=args.seed,
+                    ),
+                )
             except PersonaGuardError as error:
                 entry["generate_error"] = str(error)
         for source, result in results.items():
             result.vector.default_layer = choices.layers[name]
             result.vector.save(result.vector_path)
-            entry[source] = {"pairs": result.report["pairs"]["kept"], "heldout_rule_layer": result.report["default_layer"]}
+            entry[source] = {
+                "pairs": result.report["pairs"]["kept"],
+                "heldout_rule_layer": result.report["default_layer"],
+            }
         if "generate" in results:
             # pooled mean difference = pair-weighted mean of the two sources' mean differences
             a, b = results["exemplars"].vector, results["generate"].vector
             directions = (a.n_pos * a.directions + b.n_pos * b.directions) / (a.n_pos + b.n_pos)
-            pooled = PersonaVector(name, args.model, directions, default_layer=choices.layers[name],
-                                   n_pos=a.n_pos + b.n_pos, n_neg=a.n_neg + b.n_neg,
-                                   metadata={"source": "pooled (exemplars + generate)"})
+            pooled = PersonaVector(
+                name,
+                args.model,
+                directions,
+                default_layer=choices.layers[name],
+                n_pos=a.n_pos + b.n_pos,
+                n_neg=a.n_neg + b.n_neg,
+                metadata={"source": "pooled (exemplars + generate)"},
+            )
             pooled.save(base / "pooled" / f"{name}.safetensors")
             entry["pooled"] = {"pairs": a.n_pos + b.n_pos}
-            entry["cosine_exemplars_generate"] = {str(l): float(torch.nn.functional.cosine_similarity(
-                a.directions[l], b.directions[l], dim=0)) for l in range(1, a.num_layers + 1)}
+            entry["cosine_exemplars_generate"] = {
+                str(l): float(torch.nn.functional.cosine_similarity(a.directions[l], b.directions[l], dim=0))
+                for l in range(1, a.num_layers + 1)
+            }
         summary[name] = entry
     return summary
 
@@ -208,8 +256,10 @@ def separation(values_pos: np.ndarray, values_neg: np.ndarray) -> dict:
     labels = np.r_[np.ones(len(values_pos)), np.zeros(len(values_neg))]
     both = np.r_[values_pos, values_neg]
     spread = np.r_[values_pos - values_pos.mean(), values_neg - values_neg.mean()].std()
-    return {"auroc": metrics.auroc(both, labels),
-            "effect_size": float((values_pos.mean() - values_neg.mean()) / max(spread, 1e-6))}
+    return {
+        "auroc": metrics.auroc(both, labels),
+        "effect_size": float((values_pos.mean() - values_neg.mean()) / max(spread, 1e-6)),
+    }
 
 
 def response_projections(loaded, rows: list[dict], vectors: dict, layers: list[int], batch_size: int) -> dict:
@@ -218,10 +268,19 @@ def response_projections(loaded, rows: list[dict], vectors: dict, layers: list[i
     from persona_guard.encoding import encode_chat
 
     samples = [encode_chat(loaded.tokenizer, r["prompt"], r["completion"][0]["content"]) for r in rows]
-    acts = capture_activations(loaded.model, samples, layers, ("response_mean",), batch_size=batch_size,
-                               pad_token_id=loaded.tokenizer.pad_token_id, progress=False)["response_mean"]
-    return {s: np.stack([v.project(acts[:, i], l).double().numpy() for i, l in enumerate(layers)], axis=1)
-            for s, v in vectors.items()}
+    acts = capture_activations(
+        loaded.model,
+        samples,
+        layers,
+        ("response_mean",),
+        batch_size=batch_size,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        progress=False,
+    )["response_mean"]
+    return {
+        s: np.stack([v.project(acts[:, i], l).double().numpy() for i, l in enumerate(layers)], axis=1)
+        for s, v in vectors.items()
+    }
 
 
 def dev_layer(curve: dict) -> int:
@@ -249,19 +308,27 @@ def run_dev(args, out: Path, loaded) -> dict:
 def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, choices: Choices) -> dict:
     """Exact screening of one real file's seeded sample with every source x layer probe."""
     from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
-
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
 
     vectors = load_vectors(out, trait_name)
     layers = range(1, next(iter(vectors.values())).num_layers + 1)
-    probes = [PersonaVector(probe_name(trait_name, s, l), v.model_id, v.directions, default_layer=l)
-              for s, v in vectors.items() for l in layers]
+    probes = [
+        PersonaVector(probe_name(trait_name, s, l), v.model_id, v.directions, default_layer=l)
+        for s, v in vectors.items()
+        for l in layers
+    ]
     rows = sample_rows(str(real_path(args.real_dir, name)), args.rows, args.seed)
-    config = ScreeningConfig(mode=args.mode, batch_size=args.batch_size, answer_cache=str(out / "base_answers.sqlite"),
-                             base_answers=BaseAnswerSettings(max_new_tokens=choices.base_answer_tokens, seed=args.seed,
-                                                             batch_size=args.batch_size),
-                             checkpoint_dir=str(out / "screen" / f"{name}-{args.rows}-{args.mode}.shards"), shard_size=50)
+    config = ScreeningConfig(
+        mode=args.mode,
+        batch_size=args.batch_size,
+        answer_cache=str(out / "base_answers.sqlite"),
+        base_answers=BaseAnswerSettings(
+            max_new_tokens=choices.base_answer_tokens, seed=args.seed, batch_size=args.batch_size
+        ),
+        checkpoint_dir=str(out / "screen" / f"{name}-{args.rows}-{args.mode}.shards"),
+        shard_size=50,
+    )
     screener = Screener(loaded.model, loaded.tokenizer, probes, config, model_id=args.model)
     started = time.perf_counter()
     result = screener.score(rows)
@@ -279,8 +346,14 @@ def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, c
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
-    return {"mode": args.mode, "rows": len(rows), "scored": len(result.rows), "skipped": [s.reason for s in result.skipped],
-            "generated_prompts": result.generated_prompts, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "mode": args.mode,
+        "rows": len(rows),
+        "scored": len(result.rows),
+        "skipped": [s.reason for s in result.skipped],
+        "generated_prompts": result.generated_prompts,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def run_datasets(args, out: Path, loaded, choices: Choices) -> dict:
@@ -293,35 +366,68 @@ def run_datasets(args, out: Path, loaded, choices: Choices) -> dict:
             vector = load_vectors(out, trait)["exemplars"]
             vector.default_layer = choices.layers[trait]
             vectors.append(vector)
-    config = ScreeningConfig(mode="exact", batch_size=args.batch_size, answer_cache=str(out / "base_answers.sqlite"),
-                             base_answers=BaseAnswerSettings(max_new_tokens=choices.base_answer_tokens, seed=args.seed,
-                                                             batch_size=args.batch_size))
+    config = ScreeningConfig(
+        mode="exact",
+        batch_size=args.batch_size,
+        answer_cache=str(out / "base_answers.sqlite"),
+        base_answers=BaseAnswerSettings(
+            max_new_tokens=choices.base_answer_tokens, seed=args.seed, batch_size=args.batch_size
+        ),
+    )
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=args.model)
     table = {}
     for name, spec in TRAIN_SETS.items():
         path = out / "datasets" / f"{name.replace('/', '__')}.json"
         if not path.is_file():
             result = screener.score(sample_rows(data_source(spec, args.real_dir), choices.train_rows, args.seed))
-            write_json(path, {"rows": len(result.rows), "skipped": len(result.skipped), **{
-                trait: {"exact dP": float(np.mean(s.dp)), "fast dP": float(np.mean(s.fast_dp)),
-                        "response projection": float(np.mean(s.projection))}
-                for trait, s in result.traits.items()}})
-            print(f"  {name}: " + ", ".join(f"{t} dP {read_json(path)[t]['exact dP']:+.2f}" for t in screener.vectors),
-                  flush=True)
+            write_json(
+                path,
+                {
+                    "rows": len(result.rows),
+                    "skipped": len(result.skipped),
+                    **{
+                        trait: {
+                            "exact dP": float(np.mean(s.dp)),
+                            "fast dP": float(np.mean(s.fast_dp)),
+                            "response projection": float(np.mean(s.projection)),
+                        }
+                        for trait, s in result.traits.items()
+                    },
+                },
+            )
+            print(
+                f"  {name}: " + ", ".join(f"{t} dP {read_json(path)[t]['exact dP']:+.2f}" for t in screener.vectors),
+                flush=True,
+            )
         table[name] = read_json(path)
     return table
 
 
 def recipe_for(args, out: Path, choices: Choices, name: str, spec: str, steering: dict | None) -> dict:
-    raw = {"model": {"name_or_path": args.model},
-           "data": {"train": data_source(spec, args.real_dir), "max_rows": choices.train_rows, "seed": args.seed},
-           "peft": {"r": choices.lora_r, "lora_alpha": 2 * choices.lora_r, "use_rslora": True,
-                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-           "training": {"output_dir": str(out / "arms" / name), "num_train_epochs": 1,
-                        "per_device_train_batch_size": choices.train_batch_size,
-                        "learning_rate": choices.learning_rate, "lr_scheduler_type": "constant",
-                        "max_length": choices.max_length, "logging_steps": 1, "save_strategy": "no",
-                        "seed": args.seed, "data_seed": args.seed, "report_to": "none", "disable_tqdm": True}}
+    raw = {
+        "model": {"name_or_path": args.model},
+        "data": {"train": data_source(spec, args.real_dir), "max_rows": choices.train_rows, "seed": args.seed},
+        "peft": {
+            "r": choices.lora_r,
+            "lora_alpha": 2 * choices.lora_r,
+            "use_rslora": True,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+        "training": {
+            "output_dir": str(out / "arms" / name),
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": choices.train_batch_size,
+            "learning_rate": choices.learning_rate,
+            "lr_scheduler_type": "constant",
+            "max_length": choices.max_length,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "seed": args.seed,
+            "data_seed": args.seed,
+            "report_to": "none",
+            "disable_tqdm": True,
+        },
+    }
     if steering:
         raw["steering"] = steering
     return raw
@@ -331,22 +437,30 @@ def arm_plan(out: Path, choices: Choices) -> dict[str, tuple[str, dict | None]]:
     """Arm name -> (training set, steering section or None)."""
     vector = str(out / "vectors" / "evil" / "exemplars" / "evil.safetensors")
     plan: dict[str, tuple[str, dict | None]] = {name: (name, None) for name in TRAIN_SETS}
-    plan[f"{STEERED_SET}+prevent"] = (STEERED_SET, {"vector": vector, "layers": [choices.prevent_layer],
-                                                    "coef": choices.prevent_coef, "operator": "add"})
-    plan[f"{STEERED_SET}+prevent-multi"] = (STEERED_SET, {"vector": vector, "layers": list(choices.multi_layers),
-                                                          "coef": choices.prevent_coef, "operator": "add",
-                                                          "multi_layer": "incremental"})
+    plan[f"{STEERED_SET}+prevent"] = (
+        STEERED_SET,
+        {"vector": vector, "layers": [choices.prevent_layer], "coef": choices.prevent_coef, "operator": "add"},
+    )
+    plan[f"{STEERED_SET}+prevent-multi"] = (
+        STEERED_SET,
+        {
+            "vector": vector,
+            "layers": list(choices.multi_layers),
+            "coef": choices.prevent_coef,
+            "operator": "add",
+            "multi_layer": "incremental",
+        },
+    )
     return plan
 
 
 def run_train(args, out: Path, choices: Choices) -> dict:
     """Train each arm (skipping finished ones) and evaluate it on every evaluated trait."""
+    from persona_guard.bundled import dataset_path
     from persona_guard.training.builder import build_training_run
     from persona_guard.training.evaluation import Arm, EvalSettings, evaluate_arm
     from persona_guard.training.recipe import recipe_from_dict
     from persona_guard.training.steering_callback import train_with_cleanup
-
-    from persona_guard.bundled import dataset_path
     from persona_guard.traits import load_trait
 
     plan = arm_plan(out, choices)
@@ -369,44 +483,69 @@ def run_train(args, out: Path, choices: Choices) -> dict:
             adapter = str(out / "arms" / name.replace("/", "__") / "adapter")
             run.trainer.save_model(adapter)
             history = run.trainer.state.log_history
-            entry.update(data=data, steering=steering, steps=run.trainer.state.global_step,
-                         final_loss=next((h["loss"] for h in reversed(history) if "loss" in h), None),
-                         train_seconds=round(time.perf_counter() - t, 1))
+            entry.update(
+                data=data,
+                steering=steering,
+                steps=run.trainer.state.global_step,
+                final_loss=next((h["loss"] for h in reversed(history) if "loss" in h), None),
+                train_seconds=round(time.perf_counter() - t, 1),
+            )
             del run
         for trait_name in EVAL_TRAITS:
             vector = load_vectors(out, trait_name)["exemplars"]
-            settings = EvalSettings(max_new_tokens=choices.eval_tokens, max_questions=choices.eval_questions,
-                                    seed=args.seed, layer=choices.layers[trait_name], device=args.device,
-                                    batch_size=args.batch_size,
-                                    benign_path=str(dataset_path("benign_heldout.jsonl"))
-                                    if name in steering_arms and trait_name == "evil" else None,
-                                    max_benign=choices.benign_rows)
-            entry[trait_name] = asdict(evaluate_arm(Arm(name, args.model, adapter), load_trait(trait_name), vector,
-                                                    settings))
+            settings = EvalSettings(
+                max_new_tokens=choices.eval_tokens,
+                max_questions=choices.eval_questions,
+                seed=args.seed,
+                layer=choices.layers[trait_name],
+                device=args.device,
+                batch_size=args.batch_size,
+                benign_path=str(dataset_path("benign_heldout.jsonl"))
+                if name in steering_arms and trait_name == "evil"
+                else None,
+                max_benign=choices.benign_rows,
+            )
+            entry[trait_name] = asdict(
+                evaluate_arm(Arm(name, args.model, adapter), load_trait(trait_name), vector, settings)
+            )
         entry["seconds"] = round(time.perf_counter() - t, 1)
         write_json(path, entry)
         results[name] = entry
-        print(f"  {name}: " + ", ".join(f"{tr} projection {entry[tr]['projection']:+.2f} judge "
-                                        f"{entry[tr]['trait_score'] or float('nan'):.1f}" for tr in EVAL_TRAITS)
-              + f" ({entry['seconds']:.0f} s)", flush=True)
+        print(
+            f"  {name}: "
+            + ", ".join(
+                f"{tr} projection {entry[tr]['projection']:+.2f} judge {entry[tr]['trait_score'] or float('nan'):.1f}"
+                for tr in EVAL_TRAITS
+            )
+            + f" ({entry['seconds']:.0f} s)",
+            flush=True,
+        )
     return results
 
 
 # ---- report ----------------------------------------------------------------------------------------
+
 
 def mix_scores(out: Path, trait: str, source: str, layer: int, name: str) -> dict[str, np.ndarray]:
     data = np.load(out / "screen" / f"{name}.npz")
     key = f"{source}@{layer}"
     response, prompt = data[f"{key}/response"], data[f"{key}/prompt"]
     exact = {"exact dP": response - data[f"{key}/base"]} if f"{key}/base" in data.files else {}
-    return {**exact, "fast dP": response - prompt, "response projection": response,
-            "embedding similarity": data["embedding"]}
+    return {
+        **exact,
+        "fast dP": response - prompt,
+        "response projection": response,
+        "embedding similarity": data["embedding"],
+    }
 
 
 def mixes_present(out: Path) -> dict:
     """The mixes whose two files have been screened."""
-    return {mix: spec for mix, spec in MIXES.items()
-            if all((out / "screen" / f"{name}.npz").is_file() for name in spec[1:3])}
+    return {
+        mix: spec
+        for mix, spec in MIXES.items()
+        if all((out / "screen" / f"{name}.npz").is_file() for name in spec[1:3])
+    }
 
 
 def mix_table(out: Path, choices: Choices, seed: int) -> dict:
@@ -425,9 +564,11 @@ def mix_table(out: Path, choices: Choices, seed: int) -> dict:
             scores, labels = np.r_[pos[method], neg[method]], np.r_[np.ones(n_pos), np.zeros(n_neg)]
             low, high = metrics.auroc_interval(scores, labels, seed=seed)
             mixed = np.r_[pos[method][:k], neg[method]]
-            entry["methods"][method] = {"auroc": metrics.auroc(scores, labels), "auroc_95ci": [low, high],
-                                        "precision_at_k": metrics.precision_at_k(
-                                            mixed, np.r_[np.ones(k), np.zeros(n_neg)], k)}
+            entry["methods"][method] = {
+                "auroc": metrics.auroc(scores, labels),
+                "auroc_95ci": [low, high],
+                "precision_at_k": metrics.precision_at_k(mixed, np.r_[np.ones(k), np.zeros(n_neg)], k),
+            }
         table[mix] = entry
     return table
 
@@ -437,14 +578,20 @@ def layer_curves(out: Path) -> dict:
     from persona_guard import metrics
 
     curves = {}
-    for mix, (trait, positive, negative, _) in mixes_present(out).items():
+    for mix, (_trait, positive, negative, _) in mixes_present(out).items():
         pos, neg = np.load(out / "screen" / f"{positive}.npz"), np.load(out / "screen" / f"{negative}.npz")
         curves[mix] = {}
         for source in SOURCES:
-            keys = sorted((k for k in pos.files if k.startswith(f"{source}@") and k.endswith("/response")),
-                          key=lambda k: int(k.split("@")[1].split("/")[0]))
-            curves[mix][source] = {int(k.split("@")[1].split("/")[0]): metrics.auroc(
-                np.r_[pos[k], neg[k]], np.r_[np.ones(len(pos[k])), np.zeros(len(neg[k]))]) for k in keys}
+            keys = sorted(
+                (k for k in pos.files if k.startswith(f"{source}@") and k.endswith("/response")),
+                key=lambda k: int(k.split("@")[1].split("/")[0]),
+            )
+            curves[mix][source] = {
+                int(k.split("@")[1].split("/")[0]): metrics.auroc(
+                    np.r_[pos[k], neg[k]], np.r_[np.ones(len(pos[k])), np.zeros(len(neg[k]))]
+                )
+                for k in keys
+            }
     return curves
 
 
@@ -460,14 +607,20 @@ def correlations(datasets: dict, arms: dict) -> dict:
     out = {}
     for trait in EVAL_TRAITS:
         names = [n for n in TRAIN_SETS if n in arms and n in datasets]
-        shift = {"projection": [arms[n][trait]["projection"] - base[trait]["projection"] for n in names],
-                 "judge": [(arms[n][trait]["trait_score"] or 0) - (base[trait]["trait_score"] or 0) for n in names]}
+        shift = {
+            "projection": [arms[n][trait]["projection"] - base[trait]["projection"] for n in names],
+            "judge": [(arms[n][trait]["trait_score"] or 0) - (base[trait]["trait_score"] or 0) for n in names],
+        }
         out[trait] = {"sets": names, "shift": shift, "predictors": {}}
         for method in ("exact dP", "fast dP", "response projection"):
             x = [datasets[n][trait][method] for n in names]
             out[trait]["predictors"][method] = {
-                "values": x, **{f"{kind}": {"pearson": pearson(x, y), "spearman": metrics.spearman(x, y)}
-                                for kind, y in shift.items()}}
+                "values": x,
+                **{
+                    f"{kind}": {"pearson": pearson(x, y), "spearman": metrics.spearman(x, y)}
+                    for kind, y in shift.items()
+                },
+            }
     return out
 
 
@@ -485,9 +638,17 @@ def plot_layers(curves: dict, dev: dict, choices: Choices, path: Path) -> None:
                 axis.plot(list(curve), list(curve.values()), marker=".", color=f"C{i}", label=f"{source} (test)")
             if source in dev.get(trait, {}):
                 dev_curve = dev[trait][source]["curve"]
-                axis.plot([int(l) for l in dev_curve], [c["auroc"] for c in dev_curve.values()], linestyle=":",
-                          color=f"C{i}", alpha=0.7, label=f"{source} (dev: bundled)")
-        axis.axvline(choices.layers[trait], color="grey", linestyle="--", label=f"default layer {choices.layers[trait]}")
+                axis.plot(
+                    [int(l) for l in dev_curve],
+                    [c["auroc"] for c in dev_curve.values()],
+                    linestyle=":",
+                    color=f"C{i}",
+                    alpha=0.7,
+                    label=f"{source} (dev: bundled)",
+                )
+        axis.axvline(
+            choices.layers[trait], color="grey", linestyle="--", label=f"default layer {choices.layers[trait]}"
+        )
         axis.set(title=mix, xlabel="layer", ylim=(0.0, 1.02))
     axes[0].set_ylabel("AUROC of response projection")
     axes[-1].legend(fontsize=7, loc="lower right")
@@ -508,14 +669,21 @@ def plot_scatter(corr: dict, path: Path) -> None:
         y = entry["shift"]["projection"]
         for col, method in enumerate(methods):
             axis, x = axes[row, col], entry["predictors"][method]["values"]
-            axis.scatter(x, y, color=["C3" if not n.startswith(("evil/", "hallucinating/", "mistakes/")) else "C0"
-                                      for n in entry["sets"]])
+            axis.scatter(
+                x,
+                y,
+                color=[
+                    "C3" if not n.startswith(("evil/", "hallucinating/", "mistakes/")) else "C0" for n in entry["sets"]
+                ],
+            )
             for xi, yi, name in zip(x, y, entry["sets"]):
                 axis.annotate(name, (xi, yi), fontsize=6, alpha=0.8)
             r = entry["predictors"][method]["projection"]
-            axis.set(title=f"{trait}: r={r['pearson']:.2f}, rho={r['spearman']:.2f}",
-                     xlabel=f"{method} before training (mean over training rows)",
-                     ylabel="projection shift after training" if col == 0 else "")
+            axis.set(
+                title=f"{trait}: r={r['pearson']:.2f}, rho={r['spearman']:.2f}",
+                xlabel=f"{method} before training (mean over training rows)",
+                ylabel="projection shift after training" if col == 0 else "",
+            )
     figure.suptitle("blue: bundled sets, red: real third-party sets")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -533,39 +701,64 @@ def run_report(args, out: Path, choices: Choices) -> Path:
     stages = read_json(out / "timing.json") if (out / "timing.json").is_file() else {}
     if stages:
         lines += ["Stage wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
-    lines += ["## Choices (dev, fixed before the test numbers)", "", "```json",
-              json.dumps(asdict(choices), indent=1), "```", ""]
+    lines += [
+        "## Choices (dev, fixed before the test numbers)",
+        "",
+        "```json",
+        json.dumps(asdict(choices), indent=1),
+        "```",
+        "",
+    ]
     vectors = read_json(out / "vectors.json") if (out / "vectors.json").is_file() else {}
     dev = read_json(out / "dev.json") if (out / "dev.json").is_file() else {}
     if vectors:
-        lines += ["## Vector sources", "", "| trait | source | pairs | held-out exemplar layer | dev layer |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Vector sources",
+            "",
+            "| trait | source | pairs | held-out exemplar layer | dev layer |",
+            "|---|---|---|---|---|",
+        ]
         for trait, entry in vectors.items():
             for source in SOURCES:
                 if source in entry:
-                    lines.append(f"| {trait} | {source} | {entry[source]['pairs']} | "
-                                 f"{entry[source].get('heldout_rule_layer', '-')} | "
-                                 f"{dev.get(trait, {}).get(source, {}).get('dev_layer', '-')} |")
+                    lines.append(
+                        f"| {trait} | {source} | {entry[source]['pairs']} | "
+                        f"{entry[source].get('heldout_rule_layer', '-')} | "
+                        f"{dev.get(trait, {}).get(source, {}).get('dev_layer', '-')} |"
+                    )
             if "generate_error" in entry:
                 lines.append(f"| {trait} | generate | failed: {entry['generate_error'][:120]} | | |")
         lines.append("")
     if mixes_present(out):
         table = mix_table(out, choices, args.seed)
         write_json(out / "mixes.json", table)
-        lines += ["## Sample-level screening (test)", "",
-                  f"Exemplar vector at the default layer; the declared ranking is **{choices.ranking}**.", "",
-                  "| mix | pos / neg (k) | method | AUROC (95% CI) | precision@k |", "|---|---|---|---|---|"]
+        lines += [
+            "## Sample-level screening (test)",
+            "",
+            f"Exemplar vector at the default layer; the declared ranking is **{choices.ranking}**.",
+            "",
+            "| mix | pos / neg (k) | method | AUROC (95% CI) | precision@k |",
+            "|---|---|---|---|---|",
+        ]
         for mix, entry in table.items():
             for method, m in entry["methods"].items():
                 mark = "**" if method == choices.ranking else ""
-                lines.append(f"| {mix} ({entry['mode']}) | {entry['positives']} / {entry['negatives']} ({entry['k']}) | {mark}{method}{mark} "
-                             f"| {m['auroc']:.3f} ({m['auroc_95ci'][0]:.2f}-{m['auroc_95ci'][1]:.2f}) "
-                             f"| {m['precision_at_k']:.2f} |")
+                lines.append(
+                    f"| {mix} ({entry['mode']}) | {entry['positives']} / {entry['negatives']} ({entry['k']}) "
+                    f"| {mark}{method}{mark} "
+                    f"| {m['auroc']:.3f} ({m['auroc_95ci'][0]:.2f}-{m['auroc_95ci'][1]:.2f}) "
+                    f"| {m['precision_at_k']:.2f} |"
+                )
         curves = layer_curves(out)
         write_json(out / "layer_curves.json", curves)
         plot_layers(curves, dev, choices, out / "real_layers.png")
-        lines += ["", "### Per-layer AUROC of the response projection per vector source (test)", "",
-                  "| mix | source | default layer | best layer (AUROC) | dev layer (AUROC) |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Per-layer AUROC of the response projection per vector source (test)",
+            "",
+            "| mix | source | default layer | best layer (AUROC) | dev layer (AUROC) |",
+            "|---|---|---|---|---|",
+        ]
         for mix, by_source in curves.items():
             trait = MIXES[mix][0]
             for source, curve in by_source.items():
@@ -574,18 +767,28 @@ def run_report(args, out: Path, choices: Choices) -> Path:
                 best = max(curve, key=curve.get)
                 d = dev.get(trait, {}).get(source, {}).get("dev_layer")
                 chosen = f"{d} ({curve[d]:.3f})" if d else "-"
-                lines.append(f"| {mix} | {source} | {curve[choices.layers[trait]]:.3f} | {best} ({curve[best]:.3f}) | "
-                             f"{chosen} |")
+                lines.append(
+                    f"| {mix} | {source} | {curve[choices.layers[trait]]:.3f} | {best} ({curve[best]:.3f}) | {chosen} |"
+                )
         lines += ["", "![per-layer curves](real_layers.png)", ""]
-    datasets = {n: read_json(out / "datasets" / f"{n.replace('/', '__')}.json") for n in TRAIN_SETS
-                if (out / "datasets" / f"{n.replace('/', '__')}.json").is_file()}
+    datasets = {
+        n: read_json(out / "datasets" / f"{n.replace('/', '__')}.json")
+        for n in TRAIN_SETS
+        if (out / "datasets" / f"{n.replace('/', '__')}.json").is_file()
+    }
     if datasets:
-        lines += ["## Dataset-level exact dP (mean over the training rows), ranked by evil dP", "",
-                  "| set | rows | evil dP | hallucinating dP | sycophantic dP | evil fast dP | evil response proj |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Dataset-level exact dP (mean over the training rows), ranked by evil dP",
+            "",
+            "| set | rows | evil dP | hallucinating dP | sycophantic dP | evil fast dP | evil response proj |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, d in sorted(datasets.items(), key=lambda kv: -kv[1]["evil"]["exact dP"]):
-            lines.append(f"| {name} | {d['rows']} | " + " | ".join(f"{d[t]['exact dP']:+.2f}" if t in d else "-" for t in TRAITS)
-                         + f" | {d['evil']['fast dP']:+.2f} | {d['evil']['response projection']:+.2f} |")
+            lines.append(
+                f"| {name} | {d['rows']} | "
+                + " | ".join(f"{d[t]['exact dP']:+.2f}" if t in d else "-" for t in TRAITS)
+                + f" | {d['evil']['fast dP']:+.2f} | {d['evil']['response projection']:+.2f} |"
+            )
         lines.append("")
     arms = {}
     for name in ["base", *arm_plan(out, choices)]:
@@ -593,42 +796,64 @@ def run_report(args, out: Path, choices: Choices) -> Path:
         if path.is_file():
             arms[name] = read_json(path)
     if arms:
-        lines += ["## Fine-tuned arms (LoRA, same budget and seed)", "",
-                  "| arm | steps | final loss | evil proj | evil judge | halluc proj | halluc judge | coherence | benign ppl |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Fine-tuned arms (LoRA, same budget and seed)",
+            "",
+            "| arm | steps | final loss | evil proj | evil judge | halluc proj | halluc judge | coherence "
+            "| benign ppl |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, a in arms.items():
-            lines.append(f"| {name} | {a.get('steps', '-')} | {fmt(a.get('final_loss'))} | "
-                         f"{fmt(a['evil']['projection'])} | {fmt(a['evil']['trait_score'])} | "
-                         f"{fmt(a['hallucinating']['projection'])} | {fmt(a['hallucinating']['trait_score'])} | "
-                         f"{fmt(a['evil']['coherence'])} | {fmt(a['evil']['perplexity'])} |")
+            lines.append(
+                f"| {name} | {a.get('steps', '-')} | {fmt(a.get('final_loss'))} | "
+                f"{fmt(a['evil']['projection'])} | {fmt(a['evil']['trait_score'])} | "
+                f"{fmt(a['hallucinating']['projection'])} | {fmt(a['hallucinating']['trait_score'])} | "
+                f"{fmt(a['evil']['coherence'])} | {fmt(a['evil']['perplexity'])} |"
+            )
         lines.append("")
         if "base" in arms and len(datasets) >= 3:
             corr = correlations(datasets, arms)
             write_json(out / "correlations.json", corr)
             plot_scatter(corr, out / "real_correlation.png")
-            lines += ["## dP before training vs trait shift after training", "",
-                      ("| trait | sets | predictor | Pearson r (projection shift) | Spearman (projection) | "
-                      "Pearson r (judge shift) | Spearman (judge) |"), "|---|---|---|---|---|---|---|"]
+            lines += [
+                "## dP before training vs trait shift after training",
+                "",
+                (
+                    "| trait | sets | predictor | Pearson r (projection shift) | Spearman (projection) | "
+                    "Pearson r (judge shift) | Spearman (judge) |"
+                ),
+                "|---|---|---|---|---|---|---|",
+            ]
             for trait, entry in corr.items():
                 for method, p in entry["predictors"].items():
-                    lines.append(f"| {trait} | {len(entry['sets'])} | {method} | {p['projection']['pearson']:.2f} | "
-                                 f"{p['projection']['spearman']:.2f} | {p['judge']['pearson']:.2f} | "
-                                 f"{p['judge']['spearman']:.2f} |")
+                    lines.append(
+                        f"| {trait} | {len(entry['sets'])} | {method} | {p['projection']['pearson']:.2f} | "
+                        f"{p['projection']['spearman']:.2f} | {p['judge']['pearson']:.2f} | "
+                        f"{p['judge']['spearman']:.2f} |"
+                    )
             lines += ["", "![dP vs shift](real_correlation.png)", ""]
         steered = [n for n in (STEERED_SET, f"{STEERED_SET}+prevent", f"{STEERED_SET}+prevent-multi") if n in arms]
         if "base" in arms and STEERED_SET in arms and len(steered) > 1:
             base_p, severe = arms["base"]["evil"]["projection"], arms[STEERED_SET]["evil"]
             rise = severe["projection"] - base_p
-            lines += ["## Preventative steering on evil II", "",
-                      f"Rise of the evil projection over base when training on evil II: {rise:+.2f}.", "",
-                      "| arm | projection | share of rise removed | judge | coherence | benign ppl | ppl / unsteered |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += [
+                "## Preventative steering on evil II",
+                "",
+                f"Rise of the evil projection over base when training on evil II: {rise:+.2f}.",
+                "",
+                "| arm | projection | share of rise removed | judge | coherence | benign ppl | ppl / unsteered |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for name in steered:
                 e = arms[name]["evil"]
                 removed = (severe["projection"] - e["projection"]) / rise if rise > 0 else None
-                ratio = e["perplexity"] / severe["perplexity"] if e.get("perplexity") and severe.get("perplexity") else None
-                lines.append(f"| {name} | {e['projection']:+.2f} | {fmt(removed)} | {fmt(e['trait_score'])} | "
-                             f"{fmt(e['coherence'])} | {fmt(e['perplexity'])} | {fmt(ratio)} |")
+                ratio = (
+                    e["perplexity"] / severe["perplexity"] if e.get("perplexity") and severe.get("perplexity") else None
+                )
+                lines.append(
+                    f"| {name} | {e['projection']:+.2f} | {fmt(removed)} | {fmt(e['trait_score'])} | "
+                    f"{fmt(e['coherence'])} | {fmt(e['perplexity'])} | {fmt(ratio)} |"
+                )
             lines.append("")
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")
@@ -637,9 +862,11 @@ def run_report(args, out: Path, choices: Choices) -> Path:
 
 # ---- main --------------------------------------------------------------------------------------------
 
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real_data")
     parser.add_argument("--real-dir", type=Path, default=REAL_DIR)
@@ -647,13 +874,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100, help="seeded sample per real file (sample level)")
     parser.add_argument("--dev-rows", type=int, default=40, help="rows per bundled dev set")
     parser.add_argument("--files", default=",".join(REAL_FILES), help="real files to screen (sample level)")
-    parser.add_argument("--arms", default=",".join(arm_plan(Path("."), Choices(layers={}))),
-                        help="arms to train (training set names, plus <set>+prevent, <set>+prevent-multi)")
-    parser.add_argument("--layers", default="evil=20,hallucinating=15,sycophantic=20",
-                        help="TRAIT=LAYER for the first run's choices.json (SmolLM2: select-layer's steering choice)")
+    parser.add_argument(
+        "--arms",
+        default=",".join(arm_plan(Path("."), Choices(layers={}))),
+        help="arms to train (training set names, plus <set>+prevent, <set>+prevent-multi)",
+    )
+    parser.add_argument(
+        "--layers",
+        default="evil=20,hallucinating=15,sycophantic=20",
+        help="TRAIT=LAYER for the first run's choices.json (SmolLM2: select-layer's steering choice)",
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", choices=("exact", "fast"), default="exact",
-                        help="sample-level screening: exact (base answers generated) or fast (no generation)")
+    parser.add_argument(
+        "--mode",
+        choices=("exact", "fast"),
+        default="exact",
+        help="sample-level screening: exact (base answers generated) or fast (no generation)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

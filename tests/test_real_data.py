@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from persona_guard.screening import Screener, read_rows
 from persona_guard.screening.data import classify_rows
-
 from tests.test_screening import config, no_special_answers, random_vector
 
 REPO = Path(__file__).resolve().parents[1]
