@@ -144,15 +144,17 @@ def sample_rows(source: str, rows: int, seed: int) -> list[dict]:
     (``Dataset.shuffle(seed)`` is ``np.random.default_rng(seed).permutation``), without building a
     ``datasets.Dataset`` of the whole file. The first ``k`` rows of an ``n``-row sample are the
     ``k``-row sample, and equal-length paired files get equal indices."""
-    from persona_guard.training.recipe import (
-        SOURCE_ROW,
-        load_rows,
-        prompt_completion_rows,
-    )
+    from persona_guard.training.recipe import SOURCE_ROW, load_rows, prompt_completion
 
-    records = prompt_completion_rows(load_rows(source, "train"), source)
+    usable, _dropped = load_rows(source, "train")
+    records = []
+    for row in usable:  # as load_sft_dataset builds them; a "tools" column of None only is removed there too
+        record = {**prompt_completion(row), SOURCE_ROW: row.row_number}
+        if record["tools"] is None:
+            del record["tools"]
+        records.append(record)
     order = np.random.default_rng(seed).permutation(len(records))[:rows] if rows < len(records) else range(len(records))
-    return [{**records[i], SOURCE_ROW: int(i) + 1} for i in order]
+    return [records[i] for i in order]
 
 
 def real_path(real_dir: Path, name: str) -> Path:

@@ -71,6 +71,6 @@ def test_benchmark_sample_is_the_trainers_sample():
     """The benchmark's dP of a training set is taken on exactly the rows ``data.max_rows`` trains on."""
     from persona_guard.training.recipe import load_sft_dataset
 
-    trained = load_sft_dataset("bundled:evil/severe.jsonl", max_rows=7, seed=3)
+    trained, _dropped = load_sft_dataset("bundled:evil/severe.jsonl", max_rows=7, seed=3)
     sampled = benchmark_module().sample_rows("bundled:evil/severe.jsonl", 7, seed=3)
     assert [{key: row[key] for key in ("prompt", "completion", "source_row")} for row in trained] == sampled

@@ -196,7 +196,7 @@ def test_unusable_rows_are_dropped_and_listed(tiny_setup, capsys):
     assert f"train.jsonl:2: {reason}" in capsys.readouterr().out
 
     write_jsonl(tiny_setup / "train.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}])
-    assert main(["train", str(tiny_setup / "recipe.yaml"), "--training.report_to=none"]) == 2
+    assert main(["train", "--force", str(tiny_setup / "recipe.yaml"), "--training.report_to=none"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"train.jsonl: no usable rows (1 x {reason})")
     assert len(err.splitlines()) == 1
