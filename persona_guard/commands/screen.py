@@ -68,11 +68,17 @@ def run(args) -> int:
         base_answers=BaseAnswerSettings(n=args.n_answers, max_new_tokens=args.max_new_tokens,
                                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                         batch_size=args.generation_batch_size),
-        answer_cache=args.answer_cache, backend=args.backend, policy=policy,
+        answer_cache=args.answer_cache, base_answers_file=args.base_answers, backend=args.backend, policy=policy,
         judge=args.judge, judge_threshold=args.judge_threshold, judge_combine=args.judge_combine,
         checkpoint_dir=str(shards), layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
+    if args.export_prompts:
+        if processes.is_main:
+            count = screener.export_prompts(raw_rows, args.export_prompts, reference=reference_rows)
+            print(f"{count} unique prompts -> {args.export_prompts} (answer them, then pass the answers "
+                  "with --base-answers)")
+        return 0
     result = screener.score(raw_rows, reference=reference_rows)
     if not processes.is_main:
         return 0
@@ -120,11 +126,18 @@ def register(subparsers) -> None:
     generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     generation.add_argument("--top-p", type=float, default=1.0)
     generation.add_argument("--seed", type=int, default=0)
-    generation.add_argument("--generation-batch-size", type=int, default=16)
+    generation.add_argument("--generation-batch-size", type=int, default=None,
+                            help="rows per decode batch (default: as many as the KV-cache budget allows)")
     generation.add_argument("--answer-cache", default=None,
                             help="SQLite cache of base answers (default: ~/.cache/persona-guard/base_answers.sqlite)")
     generation.add_argument("--backend", choices=("auto", "transformers", "vllm"), default="auto",
                             help="generation backend (auto: vLLM when installed and on GPU)")
+    handoff = generation.add_mutually_exclusive_group()
+    handoff.add_argument("--export-prompts", default=None, metavar="FILE",
+                         help="write the unique prompts needing base answers (JSONL with cache keys) and exit")
+    handoff.add_argument("--base-answers", default=None, metavar="FILE",
+                         help="base answers made elsewhere (JSONL: key, prompt, answers, settings, model); "
+                              "checked against this model and settings, nothing is generated")
     scale = parser.add_argument_group("batching")
     scale.add_argument("--batch-size", type=int, default=8)
     scale.add_argument("--max-length", type=int, default=2048, help="skip (and report) longer rows")
