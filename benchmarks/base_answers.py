@@ -33,7 +33,7 @@ from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import transformers_backend
-from persona_guard.screening.data import read_rows
+from persona_guard.screening.data import classify_rows, read_rows
 from persona_guard.screening.fast_generate import eos_token_ids, greedy_generate, kv_token_budget
 
 from compute_ceiling import large_matmul_gflops, matmul_work_per_token
@@ -41,9 +41,9 @@ from compute_ceiling import large_matmul_gflops, matmul_work_per_token
 
 def unique_prompts(path: str, count: int) -> list[list[dict]]:
     prompts: list[list[dict]] = []
-    for row in read_rows(path):
-        prompt = row.messages[:-1] if row.messages else [{"role": "user", "content": row.prompt}]
-        if prompt and prompt not in prompts:
+    for row in classify_rows(read_rows(path))[0]:
+        prompt = list(row.prompt)
+        if prompt not in prompts:
             prompts.append(prompt)
         if len(prompts) == count:
             break
@@ -122,9 +122,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--sweep-tokens", type=int, default=32, help="new tokens in the batch-size sweep")
+    parser.add_argument("--profile-tokens", type=int, default=32, help="new tokens in the profiled batch")
     parser.add_argument("--sweep-rows", default="8,16,32,64,128")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = load_model(args.model, device="cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -139,23 +143,25 @@ def main() -> None:
     print(f"decode ceiling: {gflop:.3f} GFLOP per generated token x one large matmul's {rate:.0f} GFLOP/s "
           f"= {ceiling:.0f} tokens/s")
 
-    print("where the time goes (16 prompts x 32 new tokens, one batch):")
-    sample = list(range(16))
+    sample = list(range(min(16, len(prompts))))
+    steps = args.profile_tokens
+    print(f"where the time goes ({len(sample)} prompts x {steps} new tokens, one batch, under torch.profiler):")
     first = [prompts[i] for i in sample]
     first_ids = [prompt_ids[i] for i in sample]
-    first_answers = greedy_generate(model, first_ids, 32, eos, pad, token_budget=10**9)
+    first_answers = greedy_generate(model, first_ids, steps, eos, pad, token_budget=10**9)
 
     def today():
-        generate_responses(model, tokenizer, first, GenerationConfig(max_new_tokens=32, batch_size=16), progress=False)
+        generate_responses(model, tokenizer, first, GenerationConfig(max_new_tokens=steps, batch_size=16),
+                           progress=False)
 
     def new():
-        greedy_generate(model, first_ids, 32, eos, pad, token_budget=10**9)
-    order = sorted(range(16), key=lambda i: -len(first_ids[i]))
+        greedy_generate(model, first_ids, steps, eos, pad, token_budget=10**9)
+    order = sorted(range(len(sample)), key=lambda i: -len(first_ids[i]))
     sorted_ids = [first_ids[i] for i in order]
     sorted_answers = [first_answers[i] for i in order]
     for name, fn in (("today", today), ("new", new)):
         fn.model = model
-        breakdown(name, fn, sorted_ids, sorted_answers, 32, [16])
+        breakdown(name, fn, sorted_ids, sorted_answers, steps, [len(sample)])
 
     if not args.skip_sweep:
         print(f"new path, tokens/s by rows per batch ({args.sweep_tokens} new tokens):")

