@@ -159,7 +159,7 @@ def test_vllm_job_answers_import_into_screening(tokenizer, tmp_path):
     answers.export_prompts(PROMPTS, tmp_path / "prompts.jsonl")
     job = subprocess.run([python, str(Path(__file__).parents[1] / "scripts" / "vllm_base_answers.py"),
                           str(tmp_path / "prompts.jsonl"), str(tmp_path / "vllm.jsonl"), "--model",
-                          str(tmp_path / "model"), "--dtype", "float32", "--gpu-memory-utilization", "0.05"],
+                          str(tmp_path / "model"), "--dtype", "float32", "--gpu-memory-utilization", "0.25"],
                          capture_output=True, text=True, timeout=900)
     assert job.returncode == 0, job.stderr[-3000:]
     assert answers.import_answers(PROMPTS, tmp_path / "vllm.jsonl") == len(PROMPTS)
