@@ -168,14 +168,15 @@ def main() -> None:
         print(f"new path, tokens/s by rows per batch ({args.sweep_tokens} new tokens):")
         for rows in map(int, args.sweep_rows.split(",")):
             count = min(rows, len(prompt_ids))
-            seconds, out = timed(lambda: greedy_generate(model, prompt_ids[:count], args.sweep_tokens, eos, pad,
-                                                         token_budget=10**9))
+            seconds, out = timed(lambda count=count: greedy_generate(model, prompt_ids[:count], args.sweep_tokens,
+                                                                     eos, pad, token_budget=10**9))
             print(f"  {count:4d} rows: {sum(map(len, out)) / seconds:6.0f} tokens/s")
         half = len(prompt_ids) // 2
         by_length = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         for label, part in (("shorter half", by_length[:half]), ("longer half", by_length[half:])):
             ids = [prompt_ids[i] for i in part]
-            seconds, out = timed(lambda: greedy_generate(model, ids, args.sweep_tokens, eos, pad, token_budget=10**9))
+            seconds, out = timed(lambda ids=ids: greedy_generate(model, ids, args.sweep_tokens, eos, pad,
+                                                                 token_budget=10**9))
             print(f"  {label} ({min(map(len, ids))}-{max(map(len, ids))} prompt tokens, {len(ids)} rows): "
                   f"{sum(map(len, out)) / seconds:6.0f} tokens/s")
 
