@@ -9,6 +9,15 @@ vector generates nothing.
 Batches are formed over *all* prompts (cached or not) in a fixed order, and each batch is
 committed to the cache as one transaction. A resumed run, or a run split across processes,
 therefore generates exactly the same batches as an uninterrupted single-process run.
+
+Answers made by another engine (a vLLM job on GPUs, say) come in through a JSONL hand-off:
+:meth:`BaseAnswers.export_prompts` writes one line per unique prompt,
+
+    {"key": "<sha256>", "prompt": "<chat-template text>", "model": "<model id>@<checksum>",
+     "settings": {"n": 1, "max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0}}
+
+and :meth:`BaseAnswers.import_answers` reads the same lines with ``"answers": [n strings]`` added,
+checking model, settings and key against this run and that every prompt has its answers.
 """
 
 from __future__ import annotations
@@ -27,7 +36,10 @@ from tqdm.auto import tqdm
 from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.io import read_jsonl, write_jsonl
+from persona_guard.rows import last_user_turn
 from persona_guard.schema import FieldError, bounds, check
+from persona_guard.screening.fast_generate import eos_token_ids, greedy_generate, kv_token_budget, suppressed_tokens
 
 
 @dataclass(frozen=True)
@@ -39,7 +51,8 @@ class BaseAnswerSettings:
     temperature: float = field(default=0.0, metadata=bounds(ge=0))  # 0 = greedy
     top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))
     seed: int = field(default=0, metadata=bounds(ge=0))
-    batch_size: int = field(default=16, metadata=bounds(ge=1))
+    #: rows per decode batch; None = as many as the KV-cache budget allows (see fast_generate)
+    batch_size: int | None = field(default=None, metadata=bounds(ge=1))
 
     def __post_init__(self) -> None:
         check(self)
@@ -50,6 +63,10 @@ class BaseAnswerSettings:
         fields = asdict(self)
         fields.pop("batch_size")  # batch size changes speed, not (greedy) answers
         return fields
+
+
+#: unique prompts per unit of work: the batches dealt to processes and committed to the cache
+PROMPTS_PER_UNIT = 256
 
 
 class AnswerCache:
@@ -86,10 +103,22 @@ Backend = Callable[[Sequence[Sequence[dict]], BaseAnswerSettings, int], list[str
 
 
 def transformers_backend(model: nn.Module, tokenizer) -> Backend:
+    """Greedy answers from :func:`~persona_guard.screening.fast_generate.greedy_generate` (the same
+    answers as ``generate``, faster); sampled ones, and models whose generation config changes
+    greedy search in ways it does not reproduce, from ``generate_responses``."""
+    suppressed = suppressed_tokens(model.generation_config)
+
     def generate(prompts, settings: BaseAnswerSettings, seed: int) -> list[str]:
+        if settings.temperature <= 0 and suppressed is not None:
+            prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+                          for p in prompts]
+            tokens = greedy_generate(model, prompt_ids, settings.max_new_tokens, eos_token_ids(model, tokenizer),
+                                     tokenizer.pad_token_id or 0, token_budget=kv_token_budget(model),
+                                     max_rows=settings.batch_size, suppress_tokens=suppressed)
+            return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in tokens]
         repeated = [p for p in prompts for _ in range(settings.n)]
         config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                  top_p=settings.top_p, batch_size=len(repeated), seed=seed)
+                                  top_p=settings.top_p, batch_size=settings.batch_size or 16, seed=seed)
         return generate_responses(model, tokenizer, repeated, config, progress=False)
     return generate
 
@@ -118,9 +147,11 @@ def vllm_backend(model_path: str, tokenizer) -> Backend:
 
 
 class BaseAnswers:
-    """Look up or generate ``settings.n`` base answers for each chat prompt."""
+    """Look up, generate or import ``settings.n`` base answers for each chat prompt.
 
-    def __init__(self, backend: Backend, tokenizer, model_key: str, settings: BaseAnswerSettings,
+    ``backend`` is None when every answer must come from the cache or :meth:`import_answers`."""
+
+    def __init__(self, backend: Backend | None, tokenizer, model_key: str, settings: BaseAnswerSettings,
                  cache: AnswerCache) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -130,17 +161,14 @@ class BaseAnswers:
         self.generated = 0  # prompts answered by the model in this object's lifetime
 
     def key(self, prompt: Sequence[dict]) -> str:
-        payload = {"model": self.model_key, "prompt": render_prompt(self.tokenizer, prompt),
-                   **self.settings.key_fields()}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return answer_key(self.model_key, render_prompt(self.tokenizer, prompt), self.settings.key_fields())
 
     def batches(self, prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
-        """Fixed batches (indices into ``prompts``, unique prompts only, longest first)."""
+        """Fixed units of work (indices into ``prompts``, unique prompts only, longest first)."""
         rendered = [render_prompt(self.tokenizer, p) for p in prompts]
         unique = list({text: index for index, text in reversed(list(enumerate(rendered)))}.values())
         unique.sort(key=lambda i: (-len(rendered[i]), rendered[i]))
-        size = self.settings.batch_size
-        return [unique[b:b + size] for b in range(0, len(unique), size)]
+        return [unique[b:b + PROMPTS_PER_UNIT] for b in range(0, len(unique), PROMPTS_PER_UNIT)]
 
     def ensure(self, prompts: Sequence[Sequence[dict]], *, rank: int = 0, world_size: int = 1,
                progress: bool = True) -> None:
@@ -150,6 +178,8 @@ class BaseAnswers:
         cached = set(self.cache.get_many(keys))
         todo = [batch for number, batch in enumerate(batches)
                 if number % world_size == rank and not all(keys[i] in cached for i in batch)]
+        if todo and self.backend is None:
+            raise PersonaGuardError("base answers are missing and no generation backend was set up")
         with tqdm(total=sum(map(len, todo)), desc="base answers", unit="prompt",
                   disable=not progress or not todo) as bar:
             for batch in todo:
@@ -170,3 +200,57 @@ class BaseAnswers:
             raise PersonaGuardError(f"{len(missing)} prompts have no cached base answers (first: "
                                     f"prompt {missing[0]}); run ensure() first")
         return [found[k] for k in keys]
+
+    def export_prompts(self, prompts: Sequence[Sequence[dict]], path: str | Path) -> int:
+        """Write each unique prompt once, in :meth:`batches` order, as a JSONL line ``{"key",
+        "prompt" (chat-template text), "model", "settings"}``; returns the number of lines."""
+        settings = self.settings.key_fields()
+        lines = []
+        for batch in self.batches(prompts):
+            for index in batch:
+                text = render_prompt(self.tokenizer, prompts[index])
+                lines.append({"key": answer_key(self.model_key, text, settings), "prompt": text,
+                              "model": self.model_key, "settings": settings})
+        write_jsonl(path, lines)
+        return len(lines)
+
+    def import_answers(self, prompts: Sequence[Sequence[dict]], path: str | Path) -> int:
+        """Store answers made elsewhere (the export lines plus ``"answers": [n strings]``) in the cache.
+
+        Every entry must name this model and these settings, and its key must be that of its
+        prompt; every prompt in ``prompts`` must have an entry. Returns the number of prompts
+        answered. Raises ``PersonaGuardError`` naming the file, entry and field otherwise.
+        """
+        settings = self.settings.key_fields()
+        imported: dict[str, list[str]] = {}
+        for number, entry in enumerate(read_jsonl(path), 1):
+            where = f"{path}: entry {number}"
+            for name, kind in (("key", str), ("prompt", str), ("model", str), ("settings", dict), ("answers", list)):
+                if not isinstance(entry.get(name), kind):
+                    raise PersonaGuardError(f"{where}: field {name!r} missing or not a {kind.__name__}")
+            if entry["model"] != self.model_key:
+                raise PersonaGuardError(f"{where}: field 'model' is {entry['model']!r}, but this run screens with "
+                                        f"{self.model_key!r}")
+            for name, value in settings.items():
+                if entry["settings"].get(name) != value:
+                    raise PersonaGuardError(f"{where}: settings.{name} is {entry['settings'].get(name)!r}, but this "
+                                            f"run uses {value!r}")
+            if entry["key"] != answer_key(self.model_key, entry["prompt"], settings):
+                raise PersonaGuardError(f"{where}: field 'key' does not match its prompt, model and settings")
+            answers = entry["answers"]
+            if len(answers) != self.settings.n or not all(isinstance(a, str) for a in answers):
+                raise PersonaGuardError(f"{where}: field 'answers' must hold {self.settings.n} string(s)")
+            imported[entry["key"]] = answers
+        needed = {self.key(p): p for p in prompts}
+        missing = [prompt for key, prompt in needed.items() if key not in imported]
+        if missing:
+            raise PersonaGuardError(f"{path}: no answers for {len(missing)} of {len(needed)} prompts, first: "
+                                    f"{last_user_turn(missing[0])[:200]!r}")
+        self.cache.put_many({key: imported[key] for key in needed})
+        return len(needed)
+
+
+def answer_key(model_key: str, prompt_text: str, settings: dict) -> str:
+    """Cache key of one prompt's answers: sha256 of model, rendered prompt and ``key_fields()``."""
+    payload = {"model": model_key, "prompt": prompt_text, **settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

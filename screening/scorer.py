@@ -40,6 +40,7 @@ from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, ro
 from persona_guard.schema import bounds, check, internal
 from persona_guard.screening.base_answers import (
     AnswerCache,
+    Backend,
     BaseAnswers,
     BaseAnswerSettings,
     transformers_backend,
@@ -68,6 +69,8 @@ class ScreeningConfig:
     base_answers: BaseAnswerSettings = field(default_factory=BaseAnswerSettings)
     #: SQLite file of cached base answers (default: <persona-guard cache>/base_answers.sqlite)
     answer_cache: str | None = None
+    #: JSONL of base answers made elsewhere (see BaseAnswers.import_answers); nothing is generated
+    base_answers_file: str | None = None
     backend: Literal["auto", "transformers", "vllm"] = "auto"
     policy: FlagPolicy = field(default_factory=FlagPolicy)
     #: judge spec for ``persona_guard.judges.make_judge`` (e.g. "offline"); None = no judge
@@ -236,23 +239,36 @@ class Screener:
     @property
     def answers(self) -> BaseAnswers:
         if self._answers is None:
-            config = self.config
-            path = config.answer_cache or str(cache_dir() / "base_answers.sqlite")
-            backend_name = config.backend
-            if backend_name == "auto":
-                # vLLM runs its own engine: use it for single-process GPU runs only
-                single = int(os.environ.get("WORLD_SIZE", "1")) == 1
-                backend_name = "vllm" if single and vllm_available() else "transformers"
-            if backend_name == "vllm":
-                if not vllm_available():
-                    raise PersonaGuardError("the vllm backend needs vLLM installed and a GPU")
-                backend = vllm_backend(resolve_model_path(self.model_id), self.tokenizer)
-            else:
-                backend = transformers_backend(self.model, self.tokenizer)
-            # the backend is part of the key: vLLM and transformers do not give identical answers
-            self._answers = BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}",
-                                        config.base_answers, AnswerCache(path))
+            self._answers = (self._answer_store(None, "external") if self.config.base_answers_file
+                             else self._answer_store(*self._backend()))
         return self._answers
+
+    def _answer_store(self, backend: Backend | None, backend_name: str) -> BaseAnswers:
+        """The cache of base answers; the backend is part of the key (vLLM and transformers do not give
+        identical answers), answers made elsewhere (``base_answers_file``) are keyed as ``external``."""
+        path = self.config.answer_cache or str(cache_dir() / "base_answers.sqlite")
+        return BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}", self.config.base_answers,
+                           AnswerCache(path))
+
+    def _backend(self) -> tuple[Backend, str]:
+        backend_name = self.config.backend
+        if backend_name == "auto":
+            # vLLM runs its own engine: use it for single-process GPU runs only
+            single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+            backend_name = "vllm" if single and vllm_available() else "transformers"
+        if backend_name == "vllm":
+            if not vllm_available():
+                raise PersonaGuardError("the vllm backend needs vLLM installed and a GPU")
+            return vllm_backend(resolve_model_path(self.model_id), self.tokenizer), "vllm"
+        return transformers_backend(self.model, self.tokenizer), "transformers"
+
+    def export_prompts(self, dataset, path: str | Path, reference=None) -> int:
+        """Write the unique prompts of ``dataset`` (and ``reference``) that exact mode needs base
+        answers for, with their cache keys (format: :meth:`BaseAnswers.export_prompts`); returns
+        how many. Answer them elsewhere and pass the file as ``base_answers_file``."""
+        prompts = [row.prompt for data in (dataset, reference) if data is not None
+                   for row in classify_rows(_raw_rows(data))[0]]
+        return self._answer_store(None, "external").export_prompts(prompts, path)
 
     # -- public API --
 
@@ -300,6 +316,8 @@ class Screener:
         if checkpoint is not None:
             self._check_manifest(checkpoint, self._fingerprint(rows), processes)
         if self.config.mode == "exact" and rows:
+            if self.config.base_answers_file:  # every process checks and stores the same answers
+                self.answers.import_answers([row.prompt for row in rows], self.config.base_answers_file)
             self.answers.ensure([row.prompt for row in rows], rank=processes.rank,
                                 world_size=processes.world_size, progress=self.config.progress)
             processes.barrier()

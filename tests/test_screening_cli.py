@@ -170,6 +170,36 @@ def test_resume_after_sigkill_gives_identical_output(workspace, tmp_path, monkey
 
 
 
+def test_exported_prompts_answered_elsewhere_give_identical_output(workspace, tmp_path, capsys):
+    """Export the prompts, answer them one at a time with plain ``generate`` from the exported text
+    (an engine that knows nothing of persona-guard), import: same bytes as generating here."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    generated = tmp_path / "generated"
+    assert main(screen_args(workspace, generated, tmp_path / "cache-a.sqlite")) == 0
+    exported = tmp_path / "prompts.jsonl"
+    assert main(screen_args(workspace, tmp_path / "export", tmp_path / "cache-b.sqlite",
+                            "--export-prompts", str(exported))) == 0
+    assert "12 unique prompts" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(workspace / "model")
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "model")
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    with (tmp_path / "answers.jsonl").open("w") as handle:
+        for line in lines:
+            ids = tokenizer(line["prompt"], add_special_tokens=False, return_tensors="pt")
+            output = model.generate(**ids, max_new_tokens=line["settings"]["max_new_tokens"], do_sample=False)
+            answer = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            handle.write(json.dumps(line | {"answers": [answer]}) + "\n")
+    imported = tmp_path / "imported"
+    assert main(screen_args(workspace, imported, tmp_path / "cache-b.sqlite",
+                            "--base-answers", str(tmp_path / "answers.jsonl"))) == 0
+    assert "base answers generated for 0 prompts" in capsys.readouterr().out
+    same_outputs(generated, imported)
+    assert main(screen_args(workspace, tmp_path / "other", tmp_path / "cache-c.sqlite", "--max-new-tokens", "9",
+                            "--base-answers", str(tmp_path / "answers.jsonl"))) == 2
+    assert "settings.max_new_tokens is 5, but this run uses 9" in capsys.readouterr().err
+
+
 def test_changed_settings_refuse_stale_shards(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--no-generate")) == 0

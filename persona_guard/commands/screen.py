@@ -99,9 +99,16 @@ def run(args) -> int:
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
         base_answers=BaseAnswerSettings(**values_from_args(args, BASE_ANSWER_FLAGS)),
         policy=policy, **values_from_args(args, SCREENING_FLAGS), checkpoint_dir=str(shards),
-        judge=args.judge, judge_endpoint=judge_endpoint(args), layers_path=args.layers_path,
+        base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
+        layers_path=args.layers_path,
         progress=processes.is_main)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
+    if args.export_prompts:
+        if processes.is_main:
+            count = screener.export_prompts(raw_rows, args.export_prompts, reference=reference_rows)
+            print(f"{count} unique prompts -> {args.export_prompts} (answer them, then pass the answers "
+                  "with --base-answers)")
+        return 0
     result = screener.score(raw_rows, reference=reference_rows)
     if not processes.is_main:
         return 0
@@ -150,6 +157,12 @@ def register(subparsers) -> None:
     add_arguments(generation, ScreeningConfig, CACHE_FLAGS,
                   {"answer_cache": "SQLite cache of base answers (default: ~/.cache/persona-guard/base_answers.sqlite)",
                    "backend": "generation backend (auto: vLLM when installed and on GPU)"})
+    handoff = generation.add_mutually_exclusive_group()
+    handoff.add_argument("--export-prompts", default=None, metavar="FILE",
+                         help="write the unique prompts needing base answers (JSONL with cache keys) and exit")
+    handoff.add_argument("--base-answers", default=None, metavar="FILE",
+                         help="base answers made elsewhere (JSONL: key, prompt, answers, settings, model); "
+                              "checked against this model and settings, nothing is generated")
     scale = parser.add_argument_group("batching")
     add_arguments(scale, ScreeningConfig, BATCHING_FLAGS,
                   {"max_length": "skip (and report) longer rows", "shard_size": "rows per checkpointed shard"})

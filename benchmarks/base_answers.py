@@ -1,0 +1,220 @@
+"""Base-answer generation speed (transformers backend), measured side by side in one run.
+
+Prints, for the embedded model (or ``--model``) and real prompts (the unique user turns of
+``--data``):
+
+* the decode compute ceiling: matmul FLOPs per generated token (weights and LM head, plus
+  attention over the average context) against the rate of one large matmul (compute_ceiling.py);
+* where the time of one batch goes, for today's path (``generate``, batch 16) and the new one:
+  prefill, decode, padding waste (padded prompt positions, rows decoded after their EOS) and
+  Python overhead (wall time outside aten ops, from torch.profiler);
+* tokens/s of the new path by rows per batch and by prompt length (shorter / longer half);
+* side by side on ``--prompts`` x ``--max-new-tokens``: today's path (``generate_responses``,
+  batch 16), ``generate`` at batch 64 with a dynamic and with a static KV cache, and the new path
+  (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache), with
+  how many answers equal today's.
+
+Tokens/s counts generated tokens up to and including EOS (as a serving engine reports them).
+
+    python benchmarks/base_answers.py --data ../shared/real_data/pv_evil_II.jsonl --prompts 64 --max-new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from compute_ceiling import large_matmul_gflops, matmul_work_per_token
+
+from persona_guard.encoding import render_prompt
+from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.models import load_model
+from persona_guard.screening import BaseAnswerSettings
+from persona_guard.screening.base_answers import transformers_backend
+from persona_guard.screening.data import classify_rows, read_rows
+from persona_guard.screening.fast_generate import eos_token_ids, greedy_generate, kv_token_budget
+
+
+def unique_prompts(path: str, count: int) -> list[list[dict]]:
+    prompts: list[list[dict]] = []
+    for row in classify_rows(read_rows(path))[0]:
+        prompt = list(row.prompt)
+        if prompt not in prompts:
+            prompts.append(prompt)
+        if len(prompts) == count:
+            break
+    return prompts
+
+
+def decode_ceiling(model, context: float) -> tuple[float, float, float]:
+    """(GFLOP per generated token, large-matmul GFLOP/s, tokens/s if every FLOP ran at that rate)."""
+    layers = model.config.num_hidden_layers
+    _, weights = matmul_work_per_token(model, layers)
+    attention = 2 * layers * model.config.hidden_size * context  # q.k and p.v over the context
+    gflop = 2 * (weights + attention) / 1e9
+    rate = large_matmul_gflops(next(model.parameters()).dtype)
+    return gflop, rate, rate / gflop
+
+
+class ForwardTimer:
+    """Wall time of each model forward (the first one of a batch is the prefill)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.times = model, []
+
+    def __enter__(self):
+        self.handles = [self.model.register_forward_pre_hook(lambda *_: self.times.append([time.perf_counter()])),
+                        self.model.register_forward_hook(lambda *_: self.times[-1].append(time.perf_counter()))]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def breakdown(name: str, run, prompt_ids: list[list[int]], answers: list[list[int]], max_new_tokens: int,
+              rows_per_batch: list[int]) -> None:
+    """Profile ``run()`` (one batch or more) and print the shares of its wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with ForwardTimer(run.model) as timer, profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
+        run()
+        wall = time.perf_counter() - start
+    ops = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key.startswith("aten::")) / 1e6
+    forwards = [end - begin for begin, end in timer.times]
+    prefill_calls = len(rows_per_batch)
+    # prefill: the first forward of each batch; with one batch that is forwards[0]
+    prefill = sum(sorted(forwards, reverse=True)[:prefill_calls])
+    decode = sum(forwards) - prefill
+    widths, pad_positions, real_positions, dead_steps, row_steps, start_row = [], 0, 0, 0, 0, 0
+    for rows in rows_per_batch:
+        batch = range(start_row, start_row + rows)
+        width = max(len(prompt_ids[i]) for i in batch)
+        widths.append(width)
+        pad_positions += sum(width - len(prompt_ids[i]) for i in batch)
+        real_positions += sum(len(prompt_ids[i]) for i in batch)
+        steps = max(len(answers[i]) for i in batch) if name != "today" else max_new_tokens
+        row_steps += rows * steps
+        dead_steps += sum(steps - len(answers[i]) for i in batch)
+        start_row += rows
+    waste = prefill * pad_positions / (pad_positions + real_positions) + decode * dead_steps / row_steps
+    print(f"  {name}: wall {wall:.2f}s = prefill {prefill / wall:.0%}, decode {decode / wall:.0%}, outside the "
+          f"forward {(wall - prefill - decode) / wall:.0%}; padding waste {waste / wall:.0%} of wall "
+          f"({pad_positions} padded prompt positions, {dead_steps} of {row_steps} row-steps after EOS); "
+          f"Python overhead (wall outside aten ops) {max(0.0, wall - ops) / wall:.0%}")
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", default="../shared/real_data/pv_evil_II.jsonl")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--sweep-tokens", type=int, default=32, help="new tokens in the batch-size sweep")
+    parser.add_argument("--profile-tokens", type=int, default=32, help="new tokens in the profiled batch")
+    parser.add_argument("--sweep-rows", default="8,16,32,64,128")
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the side-by-side run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    loaded = load_model(args.model, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompts = unique_prompts(args.data, args.prompts)
+    prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    eos, pad = eos_token_ids(model, tokenizer), tokenizer.pad_token_id or 0
+    lengths = sorted(map(len, prompt_ids))
+    print(f"{loaded.model_id}, {len(prompts)} unique prompts of {args.data} ({lengths[0]}-{lengths[-1]} tokens, "
+          f"median {statistics.median(lengths):.0f}), fp32, {torch.get_num_threads()} threads")
+
+    gflop, rate, ceiling = decode_ceiling(model, statistics.mean(lengths) + args.max_new_tokens / 2)
+    print(f"decode ceiling: {gflop:.3f} GFLOP per generated token x one large matmul's {rate:.0f} GFLOP/s "
+          f"= {ceiling:.0f} tokens/s")
+
+    sample = list(range(min(16, len(prompts))))
+    steps = args.profile_tokens
+    print(f"where the time goes ({len(sample)} prompts x {steps} new tokens, one batch, under torch.profiler):")
+    first = [prompts[i] for i in sample]
+    first_ids = [prompt_ids[i] for i in sample]
+    first_answers = greedy_generate(model, first_ids, steps, eos, pad, token_budget=10**9)
+
+    def today():
+        generate_responses(model, tokenizer, first, GenerationConfig(max_new_tokens=steps, batch_size=16),
+                           progress=False)
+
+    def new():
+        greedy_generate(model, first_ids, steps, eos, pad, token_budget=10**9)
+    order = sorted(range(len(sample)), key=lambda i: -len(first_ids[i]))
+    sorted_ids = [first_ids[i] for i in order]
+    sorted_answers = [first_answers[i] for i in order]
+    for name, fn in (("today", today), ("new", new)):
+        fn.model = model
+        breakdown(name, fn, sorted_ids, sorted_answers, steps, [len(sample)])
+
+    if not args.skip_sweep:
+        print(f"new path, tokens/s by rows per batch ({args.sweep_tokens} new tokens):")
+        for rows in map(int, args.sweep_rows.split(",")):
+            count = min(rows, len(prompt_ids))
+            seconds, out = timed(lambda count=count: greedy_generate(model, prompt_ids[:count], args.sweep_tokens,
+                                                                     eos, pad, token_budget=10**9))
+            print(f"  {count:4d} rows: {sum(map(len, out)) / seconds:6.0f} tokens/s")
+        half = len(prompt_ids) // 2
+        by_length = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        for label, part in (("shorter half", by_length[:half]), ("longer half", by_length[half:])):
+            ids = [prompt_ids[i] for i in part]
+            seconds, out = timed(lambda ids=ids: greedy_generate(model, ids, args.sweep_tokens, eos, pad,
+                                                                 token_budget=10**9))
+            print(f"  {label} ({min(map(len, ids))}-{max(map(len, ids))} prompt tokens, {len(ids)} rows): "
+                  f"{sum(map(len, out)) / seconds:6.0f} tokens/s")
+
+    n = args.max_new_tokens
+    print(f"side by side: {len(prompts)} prompts x {n} new tokens (KV budget {kv_token_budget(model)} positions)")
+    settings = BaseAnswerSettings(max_new_tokens=n)
+    backend = transformers_backend(model, tokenizer)
+    tokens = sum(map(len, greedy_generate(model, prompt_ids, n, eos, pad, token_budget=kv_token_budget(model))))
+
+    def generate_64(cache: str):
+        for begin in range(0, len(prompt_ids), 64):
+            batch = tokenizer.pad({"input_ids": prompt_ids[begin:begin + 64]}, padding_side="left", return_tensors="pt")
+            model.generate(**batch, max_new_tokens=n, do_sample=False, pad_token_id=pad,
+                           **({"cache_implementation": "static"} if cache == "static" else {}))
+    methods = {
+        "today: generate, batch 16": lambda: generate_responses(
+            model, tokenizer, prompts, GenerationConfig(max_new_tokens=n, batch_size=16), progress=False),
+        "new path": lambda: backend(prompts, settings, 0),
+        "generate, batch 64, dynamic KV cache": lambda: generate_64("dynamic"),
+        "generate, batch 64, static KV cache": lambda: generate_64("static"),
+    }
+    best = {name: float("inf") for name in methods}
+    outputs = {}
+    for _ in range(args.rounds):  # interleaved, fastest round counts: damps drift in the machine's load
+        for name, method in methods.items():
+            seconds, outputs[name] = timed(method)
+            best[name] = min(best[name], seconds)
+    today_seconds, new_seconds = best["today: generate, batch 16"], best["new path"]
+    for name, seconds in best.items():
+        print(f"  {name:38s} {seconds:7.1f}s {tokens / seconds:7.0f} tokens/s  {today_seconds / seconds:5.2f}x today"
+              f"  {tokens / seconds / ceiling:4.0%} of the ceiling")
+    new_answers, today_answers = outputs["new path"], outputs["today: generate, batch 16"]
+    same = sum(a == b for a, b in zip(new_answers, today_answers))
+    print(f"  {tokens} tokens generated ({tokens / len(prompts):.0f} per answer); new-path answers equal to "
+          f"today's: {same}/{len(prompts)}")
+    print(json.dumps({"ceiling_tokens_per_s": round(ceiling), "today_tokens_per_s": round(tokens / today_seconds),
+                      "new_tokens_per_s": round(tokens / new_seconds),
+                      "speedup": round(today_seconds / new_seconds, 2)}))
+
+
+if __name__ == "__main__":
+    main()
