@@ -12,8 +12,9 @@ import pytest
 from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.models import model_fingerprint
 from persona_guard.screening import BaseAnswerSettings
-from persona_guard.screening.base_answers import AnswerCache, BaseAnswers, model_fingerprint, transformers_backend
+from persona_guard.screening.base_answers import AnswerCache, BaseAnswers, transformers_backend
 from persona_guard.screening.fast_generate import greedy_generate, plan_batches, suppressed_tokens
 from tests.samples import CONVERSATIONS
 from tests.test_screening import no_special_answers
