@@ -15,6 +15,7 @@ from torch import nn
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import Message, encode_conversation
 from persona_guard.errors import PersonaGuardError
+from persona_guard.projection import Projector
 from persona_guard.vectors import PersonaVector, vectors_by_trait
 
 
@@ -58,19 +59,24 @@ class PersonaMonitor:
                  thresholds: Mapping[str, Threshold] | None = None,
                  batch_size: int = 8, layers_path: str | None = None) -> None:
         self.vectors = vectors_by_trait(vectors, model, "PersonaMonitor")
+        self.projector = Projector.of(self.vectors, layers)
         self.model = model
         self.tokenizer = tokenizer
-        self.layers = {v.trait: v.resolve_layer((layers or {}).get(v.trait)) for v in vectors}
         self.thresholds = dict(thresholds or {})
         self.batch_size = batch_size
         self.layers_path = layers_path
+
+    @property
+    def layers(self) -> dict[str, int]:
+        """``{trait: layer}``: each vector's default layer unless overridden."""
+        return dict(self.projector.layers)
 
     def read(self, conversations: Sequence[Sequence[Message]], progress: bool = True) -> list[ConversationReading]:
         encoded = [encode_conversation(self.tokenizer, c) for c in conversations]
         for index, sample in enumerate(encoded):
             if sample.prompt_length == 0:
                 raise PersonaGuardError(f"conversation {index} has no prompt")
-        layers = sorted(set(self.layers.values()))
+        layers = self.projector.capture_layers
         with_response = [i for i, s in enumerate(encoded) if s.response_length > 0]
         prompt_acts = capture_activations(
             self.model, encoded, layers, ("prompt_last",), pad_token_id=self.tokenizer.pad_token_id,
@@ -81,15 +87,16 @@ class PersonaMonitor:
             pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size, progress=progress,
             desc="monitor: responses", layers_path=self.layers_path)["response_mean"] if with_response else None
         response_row = {conv: row for row, conv in enumerate(with_response)}
+        prompts = self.projector.project(prompt_acts)
+        responses = self.projector.project(response_acts) if response_acts is not None else None
         readings = []
         for index in range(len(encoded)):
             reading = ConversationReading(index)
-            for trait, vector in self.vectors.items():
-                layer = self.layers[trait]
-                slot = layers.index(layer)
-                prompt_value = float(vector.project(prompt_acts[index, slot], layer))
-                response_value = (float(vector.project(response_acts[response_row[index], slot], layer))
-                                  if response_acts is not None and index in response_row else None)
+            for trait in self.vectors:
+                layer = self.projector.layers[trait]
+                prompt_value = float(prompts[trait][index])
+                response_value = (float(responses[trait][response_row[index]])
+                                  if responses is not None and index in response_row else None)
                 threshold = self.thresholds.get(trait, Threshold())
                 reasons = []
                 if threshold.prompt_last is not None and prompt_value > threshold.prompt_last:
