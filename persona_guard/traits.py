@@ -22,7 +22,8 @@ SCHEMA_VERSION = 1
 N_INSTRUCTIONS = 5
 N_QUESTIONS = 20
 BUNDLED_DIR = Path(__file__).parent / "trait_data"
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+#: a trait name: it names files (vectors, plots, shards), so it can hold no path separator
+TRAIT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
     if unknown:
         raise _err(where, f"unknown field {unknown[0]!r}")
     name = _string(data, "name", where)
-    if not _NAME.match(name):
+    if not TRAIT_NAME.match(name):
         raise _err(where, f"field 'name' must be lowercase letters, digits, '-' or '_', got {name!r}")
     raw_pairs = data.get("instructions")
     if not isinstance(raw_pairs, list) or len(raw_pairs) != N_INSTRUCTIONS:

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path
+from persona_guard.traits import TRAIT_NAME
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "persona_guard"
@@ -38,6 +39,9 @@ class PersonaVector:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.trait, str) or not TRAIT_NAME.match(self.trait):
+            raise PersonaGuardError(f"persona vector trait {self.trait!r:.80}: must be lowercase letters, digits, "
+                                    "'-' or '_' (it names output files)")
         if self.directions.ndim != 2 or self.directions.shape[0] < 2 or self.directions.shape[1] < 1:
             raise PersonaGuardError(
                 f"persona vector {self.trait!r}: directions must be [layers + 1, hidden] with at least one "

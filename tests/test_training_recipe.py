@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from persona_guard.cli import main
 from persona_guard.errors import PersonaGuardError
 from persona_guard.io import write_jsonl
 from persona_guard.training.recipe import load_recipe, recipe_from_dict
+from persona_guard.vectors import PersonaVector
 from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import tiny_vector
@@ -337,3 +339,25 @@ def test_train_keys_lists_the_schema_from_the_library_dataclasses(capsys):
     assert "--screening.policy.top_percent: a finite number or null, >= 0, <= 100 (default None)" in lines
     assert "--screening.base_answers.max_new_tokens: an integer, >= 1 (default 128)" in lines
     assert not any("checkpoint_dir" in line for line in lines)  # set by the library, not by recipes
+
+
+def test_force_never_clears_an_output_dir_that_holds_an_input(tiny_setup, capsys):
+    """Found by the hostile sweep: ``--force`` cleared output_dir, and with it the training data inside."""
+    (tiny_setup / "train.jsonl").rename(tiny_setup / "data.jsonl")
+    tiny_recipe(tiny_setup, data={"train": str(tiny_setup / "data.jsonl")},
+                training={"output_dir": str(tiny_setup), "max_steps": 1, "report_to": "none", "use_cpu": True})
+    before = sorted(p.name for p in tiny_setup.iterdir())
+    assert main(["train", "--force", str(tiny_setup / "recipe.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds an input of this run" in err[0], err
+    assert sorted(p.name for p in tiny_setup.iterdir()) == before
+
+
+def test_a_vector_trait_name_can_never_name_a_path():
+    """Found by the hostile sweep: a header trait of '../../x' wrote a screening plot outside --out."""
+    directions = torch.zeros(3, 8)
+    directions[1, 0] = 1.0
+    for bad in ("../../escaped", "a/b", "", "Evil"):
+        with pytest.raises(PersonaGuardError, match="must be lowercase letters"):
+            PersonaVector(bad, "m", directions)
+    assert PersonaVector("evil", "m", directions).trait == "evil"

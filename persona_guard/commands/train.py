@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from persona_guard.commands.common import OVERWRITE_HELP, preflight
+from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, refuse_overwrite, write_json_atomic, write_text_atomic
 
 RUN_INPUTS = "run_inputs.json"
@@ -73,6 +74,12 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, [o for o in args.overrides if o != "--force"])
     output_dir = Path(recipe.training["output_dir"])
     inputs = run_inputs(recipe)
+    screening_files = [*recipe.screening.vectors, recipe.screening.reference] if recipe.screening else []
+    inside = [path for path in [args.recipe, *inputs["files"], *screening_files]
+              if path and Path(path).resolve().is_relative_to(output_dir.resolve())]
+    if inside:  # --force clears output_dir: it must never hold what the run reads
+        raise PersonaGuardError(f"{args.recipe}: training.output_dir {output_dir} holds an input of this run "
+                                f"({inside[0]}); choose another output_dir")
     checkpoint = resume_point(output_dir, inputs, force)
     packages = [("wandb", "report_to: wandb")] if "wandb" in str(recipe.training.get("report_to", "")) else []
     preflight(model=recipe.model.name_or_path, outputs=[output_dir], packages=packages)
