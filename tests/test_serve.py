@@ -415,7 +415,7 @@ def test_client_errors_are_openai_error_bodies(world):
     url = world["url"]
     cases = [
         ({"messages": []}, 400, "messages"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0]"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),  # the row model's field path
         ({"messages": chat("x"), "max_tokens": 65}, 400, "max_tokens"),
         ({"messages": chat("x"), "model": "gpt-9"}, 400, "model"),
         ({"messages": chat("x"), "persona_guard": {"monitor": "no"}}, 400, "persona_guard"),
@@ -645,3 +645,22 @@ def test_webhook_retries_in_the_background_and_counts_what_it_gives_up():
     assert failed() == 1
     for receiver in (flaky, dead):
         receiver.server.shutdown()
+
+
+def test_requests_take_every_message_form_of_the_row_model():
+    """Found by the hostile sweep: the server had its own message check and refused typed text parts
+    and tool calls that every other command accepts (docs/data.md); it now parses with persona_guard.rows."""
+    from persona_guard.rows import parse_messages
+    from persona_guard.server.protocol import RequestError, parse_request
+
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What is 6 x 7?"}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mul", "arguments": "[6, 7]"}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        {"role": "user", "content": "So?"},
+    ]
+    parsed = parse_request({"messages": messages}, model_name="tiny", max_tokens_cap=8)
+    assert list(parsed.messages) == parse_messages(messages, "messages")
+    with pytest.raises(RequestError, match=r"messages\[0\]\.content: not valid Unicode"):
+        parse_request({"messages": [{"role": "user", "content": "Hi \ud800"}]}, model_name="tiny", max_tokens_cap=8)

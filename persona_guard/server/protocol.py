@@ -12,6 +12,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from persona_guard.rows import RowError, parse_messages
+
 MAX_TOP_LOGPROBS = 20
 MAX_N = 16
 MAX_STOP = 4
@@ -84,18 +86,10 @@ def parse_request(body, *, model_name: str, max_tokens_cap: int, allow_unmonitor
         raise RequestError("the request body must be a JSON object")
     if body.get("model") not in (None, model_name):
         raise RequestError(f"unknown model {body.get('model')!r}; this server serves {model_name!r}", "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list", "messages")
-    for index, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ("system", "user", "assistant")
-            or not isinstance(message.get("content"), str)
-        ):
-            raise RequestError(
-                f"messages[{index}] needs a role (system/user/assistant) and string content", f"messages[{index}]"
-            )
+    try:  # the one row model (persona_guard.rows): typed text parts, tool calls and tool turns, bad text
+        messages = parse_messages(body.get("messages"), "messages")
+    except RowError as error:
+        raise RequestError(str(error), error.field) from None
     logprobs = _flag(body, "logprobs")
     top = _number(body, "top_logprobs", 0, int, 0, MAX_TOP_LOGPROBS)
     if top and not logprobs:
