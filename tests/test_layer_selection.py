@@ -60,9 +60,10 @@ def test_incoherent_steering_falls_back_to_the_heuristic(tiny_llama, tokenizer, 
 
 def test_bad_layers_and_coefs(tiny_llama, tokenizer, evil, tmp_path):
     extracted = tiny_vector(tiny_llama, tokenizer, evil, tmp_path)
+    beyond = extracted.vector.num_layers + 1  # layers 0..n are steerable (README, "Layer convention")
     with pytest.raises(PersonaGuardError, match="cannot be steered"):
         select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path,
-                     LayerSelectionConfig(layers=(0,)), progress=False)
+                     LayerSelectionConfig(layers=(beyond,)), progress=False)
     with pytest.raises(PersonaGuardError, match="non-zero"):
         LayerSelectionConfig(layers=(1,), coefs=(0,))
 
