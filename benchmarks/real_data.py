@@ -307,9 +307,10 @@ def run_dev(args, out: Path, loaded) -> dict:
     return summary
 
 
-def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, choices: Choices) -> dict:
+def screen_file(args, out: Path, loaded, name: str, trait_name: str, choices: Choices) -> dict:
     """Exact screening of one real file's seeded sample with every source x layer probe."""
     from persona_guard.screening import BaseAnswerSettings, Screener, ScreeningConfig
+    from persona_guard.screening.baselines import embedding_similarity
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
 
@@ -342,7 +343,7 @@ def screen_file(args, out: Path, loaded, embedder, name: str, trait_name: str, c
         arrays[f"{key}/prompt"] = scores.prompt_projection
         if scores.base_projection is not None:  # exact mode
             arrays[f"{key}/base"] = scores.base_projection
-    arrays["embedding"] = embedder.similarity([r.response for r in result.rows], load_trait(trait_name).description)
+    arrays["embedding"] = embedding_similarity([r.response for r in result.rows], load_trait(trait_name).description)
     arrays["source_row"] = np.array([r.data["source_row"] for r in result.rows])
     path = out / "screen" / f"{name}.npz"
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -940,15 +941,11 @@ def main() -> None:
             write_json(out / "dev.json", run_dev(args, out, model()))
             timing["dev"] = time.perf_counter() - t
         if "screen" in wanted:
-            from persona_guard.screening.baselines import SentenceEmbedder
-
-            embedder = None
             for name in args.files.split(","):
                 if (out / "screen" / f"{name}.json").is_file():
                     continue
                 t = stage(f"screen {name} ({REAL_FILES[name]})")
-                embedder = embedder or SentenceEmbedder()
-                info = screen_file(args, out, model(), embedder, name, REAL_FILES[name], choices)
+                info = screen_file(args, out, model(), name, REAL_FILES[name], choices)
                 write_json(out / "screen" / f"{name}.json", info)
                 timing[f"screen {name}"] = time.perf_counter() - t
                 print(f"  {info}", flush=True)
