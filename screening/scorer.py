@@ -86,6 +86,11 @@ class ScreeningConfig:
     def __post_init__(self) -> None:
         check(self)
 
+    @property
+    def answer_cache_path(self) -> Path:
+        """The base-answer cache file: ``answer_cache``, else ``<persona-guard cache>/base_answers.sqlite``."""
+        return Path(self.answer_cache) if self.answer_cache else cache_dir() / "base_answers.sqlite"
+
 
 @dataclass
 class TraitScores:
@@ -246,9 +251,8 @@ class Screener:
     def _answer_store(self, backend: Backend | None, backend_name: str) -> BaseAnswers:
         """The cache of base answers; the backend is part of the key (vLLM and transformers do not give
         identical answers), answers made elsewhere (``base_answers_file``) are keyed as ``external``."""
-        path = self.config.answer_cache or str(cache_dir() / "base_answers.sqlite")
         return BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}", self.config.base_answers,
-                           AnswerCache(path))
+                           AnswerCache(self.config.answer_cache_path))
 
     def _backend(self) -> tuple[Backend, str]:
         backend_name = self.config.backend
