@@ -84,15 +84,17 @@ def ensure_builtin_converted(name: str) -> Path:
     package version, path, size and mtime, and the transformers version that de-quantized it).
     """
     target = builtin_model_dir(name)
-    if (target / "config.json").exists() and _conversion_is_current(name, target):
+    if target.exists() and _conversion_problem(name, target) is None:
         return target
     gguf_path = builtin_gguf_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            if _conversion_is_current(name, target):
+        if target.exists():
+            problem = _conversion_problem(name, target)
+            if problem is None:
                 return target
+            print(f"persona-guard: converting {name} again: {problem}", file=sys.stderr, flush=True)
             stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=target.parent))
             target.rename(stale / name)
             shutil.rmtree(stale)
@@ -134,26 +136,27 @@ def _conversion_source(name: str) -> dict:
             "gguf_bytes": builtin_gguf_path(name).stat().st_size, "transformers": transformers.__version__}
 
 
-def _conversion_is_current(name: str, target: Path) -> bool:
-    """Whether ``target`` is intact (:func:`check_model_dir`) and was converted from what is installed
-    now. Fields a record lacks (written by an older persona-guard) are not compared; without the
-    package (a cache copied from elsewhere) an intact conversion is kept: there is nothing to redo it from."""
+def _conversion_problem(name: str, target: Path) -> str | None:
+    """Why ``target`` must be converted again, or None when it is current: it is damaged
+    (:func:`check_model_dir`) or was converted from something other than what is installed now.
+    Fields a record lacks (written by an older persona-guard) are not compared; without the package
+    (a cache copied from elsewhere) an intact conversion is kept: there is nothing to redo it from."""
     try:
         check_model_dir(target)
     except PersonaGuardError as error:
-        print(f"persona-guard: the converted model is damaged ({error}); converting it again",
-              file=sys.stderr, flush=True)
-        return False
+        return f"the cached copy is damaged ({error})"
     try:
         current = _conversion_source(name)
     except PersonaGuardError:
-        return True
+        return None
     try:
         recorded = json.loads((target / SOURCE_RECORD).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and all(recorded[key] == value for key, value in current.items()
-                                              if key in recorded)
+        return f"{SOURCE_RECORD} is missing or damaged"
+    if not isinstance(recorded, dict) or any(key in recorded and recorded[key] != value
+                                             for key, value in current.items()):
+        return "it was converted from another package or transformers version"
+    return None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -60,6 +60,7 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 def run(args) -> int:
     from persona_guard.models import load_model
     from persona_guard.rows import read_rows
+    from persona_guard.screening.data import classify_rows
     from persona_guard.screening.report import (
         OutputFiles,
         baseline_scores,
@@ -69,7 +70,6 @@ def run(args) -> int:
         refuse_unscreenable,
         write_outputs,
     )
-    from persona_guard.screening.data import classify_rows
     from persona_guard.screening.scorer import Screener, current_processes
     from persona_guard.vectors import PersonaVector
 
