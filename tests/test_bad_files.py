@@ -51,7 +51,7 @@ def build_damaged(root: Path) -> None:
     (root / "empty.jsonl").write_text("")
     (root / "prompt_only.jsonl").write_text(
         json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
-    (root / "no_prompt.jsonl").write_text(json.dumps({"text": "no conversation here"}) + "\n")
+    (root / "no_prompt.jsonl").write_text(json.dumps({"note": "no conversation here"}) + "\n")
     recipe = yaml.safe_load((root / "recipe.yaml").read_text())
     for name, data in (("empty", "empty.jsonl"), ("unusable", "prompt_only.jsonl")):
         (root / f"recipe_{name}.yaml").write_text(yaml.safe_dump({**recipe, "data": {"train": str(root / data)}}))
