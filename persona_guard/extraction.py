@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,19 +166,27 @@ def best_layer(separation: dict[int, dict[str, float]]) -> int:
 
 
 class JsonlCache:
-    """Append-only JSONL keyed by ``row['key']``; the last row of a key wins; torn lines are ignored."""
+    """Append-only JSONL keyed by ``row['key']`` (a string); the last row of a key wins.
 
-    def __init__(self, path: Path) -> None:
+    A damaged line (torn by a crash, not UTF-8, not a JSON object, or a field of ``fields`` missing or
+    of another type; ``fields``: name -> accepted types) is ignored: that item is simply redone.
+    Errors: ``path`` exists but is not a file."""
+
+    def __init__(self, path: Path, fields: Mapping[str, tuple[type, ...]] | None = None) -> None:
         self.path = path
         self.rows: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a crash: that item is simply redone
-                if isinstance(row, dict) and "key" in row:
-                    self.rows[row["key"]] = row
+        if path.exists() and not path.is_file():
+            raise PersonaGuardError(f"cache {path} is not a file; remove it or use another --out")
+        if not path.is_file():
+            return
+        for line in path.read_bytes().splitlines():
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except ValueError:  # torn, undecodable or not JSON
+                continue
+            if (isinstance(row, dict) and isinstance(row.get("key"), str)
+                    and all(isinstance(row.get(name), types) for name, types in (fields or {}).items())):
+                self.rows[row["key"]] = row
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -261,6 +269,11 @@ def _generate_answers(model, tokenizer, trait: Trait, chunks: Sequence[tuple[int
     return generated
 
 
+#: what a cached judgement row must hold (:class:`~persona_guard.judges.JudgeScore`'s fields)
+JUDGEMENT_FIELDS: dict[str, tuple[type, ...]] = {"trait": (int, float, type(None)),
+                                                 "coherence": (int, float, type(None)), "refusal": (bool,)}
+
+
 def _judge_answers(judge: Judge, trait: Trait, items: Sequence[tuple[str, str]], cache: JsonlCache,
                    progress: bool) -> tuple[list[JudgeScore], int]:
     def key(question: str, answer: str) -> str:
@@ -315,13 +328,13 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
         questions = trait.extraction_questions[:config.questions]
         pairs = [Pair(q, i, s) for q in questions for i in range(len(trait.instructions))
                  for s in range(config.n_per_question)]
-        generations = JsonlCache(out_dir / "cache" / "generations.jsonl")
+        generations = JsonlCache(out_dir / "cache" / "generations.jsonl", {"answer": (str,)})
         chunks = _generation_chunks(model, tokenizer, trait, pairs, config, model_id)
         generated = _generate_answers(model, tokenizer, trait, chunks, config, generations, progress)
         answers = {item: generations[key]["answer"] for _, part, keys in chunks for item, key in zip(part, keys)}
         items = [(p.question, answers[(p, pol)]) for p in pairs for pol in ("pos", "neg")]
-        scores, judged = _judge_answers(judge, trait, items, JsonlCache(out_dir / "cache" / "judgements.jsonl"),
-                                        progress)
+        judgements = JsonlCache(out_dir / "cache" / "judgements.jsonl", JUDGEMENT_FIELDS)
+        scores, judged = _judge_answers(judge, trait, items, judgements, progress)
         kept, reasons = [], Counter()
         for index, pair in enumerate(pairs):
             why = drop_reasons(scores[2 * index], scores[2 * index + 1], config)

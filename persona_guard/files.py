@@ -26,17 +26,22 @@ OVERWRITE_HELP = ("replace existing outputs (without it, a command refuses to ov
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a staging path next to ``path``; on success rename it over ``path``, on error delete it.
+    """Yield a staging path next to ``path``; on success rename it over ``path``, on any exception
+    (``KeyboardInterrupt`` included) delete it, so no ``.*.tmp`` file is ever left behind.
 
     For writers that take a file name (``safetensors.save_file``, ``figure.savefig``, GGUF). The
-    staging name keeps ``path``'s suffix, since some writers choose a format by it.
+    staging name keeps ``path``'s suffix, since some writers choose a format by it. Errors: an
+    ``OSError`` while writing or renaming (``path`` is a folder, disk full) becomes a
+    :class:`PersonaGuardError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield staging
         os.replace(staging, path)
+    except OSError as error:
+        raise PersonaGuardError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         staging.unlink(missing_ok=True)
 

@@ -42,8 +42,9 @@ class LayerSelectionConfig:
     def __post_init__(self) -> None:
         if not self.layers:
             raise PersonaGuardError("no layers to try")
-        if not any(c != 0 for c in self.coefs):
-            raise PersonaGuardError("coefs must include a non-zero steering coefficient")
+        if not any(c > 0 for c in self.coefs):
+            raise PersonaGuardError("coefs must include a positive (non-zero) steering coefficient: the "
+                                    "chosen layer is where adding +coef * v raises the trait most")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ class LayerSelection:
 
 def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
                  config: LayerSelectionConfig, *, progress: bool = True) -> LayerSelection:
-    """Steer at each layer x coef, judge, choose; write CSV + Markdown tables and a heat map."""
+    """Steer at each layer x coef, judge, choose (:func:`choose_layer`); write CSV + Markdown tables and
+    a heat map. Errors, before anything is written: ``trait`` is not the vector's trait, a layer out of
+    range, or no acceptable choice (see :func:`choose_layer`)."""
+    check_same_trait(vector, trait)
     vector.check_model(model)
     for layer in config.layers:
         if not 0 <= layer <= vector.num_layers:
@@ -110,23 +114,45 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
                     bar.update(1)
                 effect = None if trait_score is None or baseline[0] is None else trait_score - baseline[0]
                 cells.append(Cell(layer, float(coef), trait_score, coherence, effect, auroc, scored))
-    acceptable = [c for c in cells if c.coef != 0 and c.effect is not None and c.coherence is not None
-                  and c.coherence >= config.coherence_threshold]
     heuristic_layer = max(heuristic, key=lambda l: heuristic[l]["auroc"]) if heuristic else None
-    best = max(acceptable, key=lambda c: c.effect) if acceptable else None
-    if best is not None:
-        chosen, rule = best.layer, (f"largest trait increase ({best.effect:+.1f} at coef {best.coef:g}) "
-                                    f"with coherence >= {config.coherence_threshold:g}")
-    elif heuristic_layer is not None:
-        chosen, rule = heuristic_layer, (f"no steered cell kept coherence >= {config.coherence_threshold:g}; "
-                                         "fell back to the best held-out AUROC")
-    else:
-        raise PersonaGuardError(f"no steered cell kept coherence >= {config.coherence_threshold:g} and the trait "
-                                "has no held-out exemplars; try smaller --coefs")
+    chosen, rule, best = choose_layer(cells, heuristic_layer, config.coherence_threshold)
     stem = selection_stem(out_dir, vector.trait)
     table_csv, table_md = write_tables(cells, stem)
     heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
     return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
+
+
+def check_same_trait(vector: PersonaVector, trait: Trait) -> None:
+    """Refuse judging a vector's steering by another trait's rubric (naming both)."""
+    if trait.name != vector.trait:
+        raise PersonaGuardError(f"the vector is for trait {vector.trait!r} but the trait given is {trait.name!r}; "
+                                "pass the vector's own trait")
+
+
+def choose_layer(cells: Sequence[Cell], heuristic_layer: int | None,
+                 coherence_threshold: float) -> tuple[int, str, Cell | None]:
+    """The paper's criterion: the layer whose steering with a positive coefficient raises the judged
+    trait most over the unsteered answers, among cells with mean coherence >= ``coherence_threshold``.
+    Returns ``(layer, rule, cell)``; with no coherent steered cell, the best held-out AUROC layer
+    (``cell`` None). Errors: coherent cells exist but none raises the trait (adding ``+v`` lowers it or
+    changes nothing: the vector points the wrong way or does not carry the trait at these layers), or
+    nothing coherent and no heuristic."""
+    coherent = [c for c in cells if c.coef > 0 and c.effect is not None and c.coherence is not None
+                and c.coherence >= coherence_threshold]
+    if coherent:
+        best = max(coherent, key=lambda c: c.effect or 0.0)
+        if best.effect is None or best.effect <= 0:
+            raise PersonaGuardError(
+                f"steering with +v never raised the trait score (best effect {best.effect:+.1f} at layer "
+                f"{best.layer}, coef {best.coef:g}); refusing to choose a layer: the vector may point the "
+                "wrong way or not carry the trait at these layers (try other --layers)")
+        return best.layer, (f"largest trait increase ({best.effect:+.1f} at coef {best.coef:g}) "
+                            f"with coherence >= {coherence_threshold:g}"), best
+    if heuristic_layer is not None:
+        return heuristic_layer, (f"no steered cell kept coherence >= {coherence_threshold:g}; "
+                                 "fell back to the best held-out AUROC"), None
+    raise PersonaGuardError(f"no steered cell kept coherence >= {coherence_threshold:g} and the trait "
+                            "has no held-out exemplars; try smaller --coefs")
 
 
 def selection_stem(out_dir: str | Path, trait: str) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 
 Message = Mapping[str, str]
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -88,11 +88,17 @@ def complete_many(client: ChatClient, requests: Sequence[ChatRequest], *, concur
 
 class JsonCache:
     """One JSON file per key under ``directory``; writes are atomic (rename), so parallel threads
-    and processes never see half-written entries."""
+    and processes never see half-written entries. A damaged entry (not JSON, undecodable, not an
+    object) reads as a miss and is rewritten. Errors: ``directory`` is a file or cannot be created."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise PersonaGuardError(f"cache folder {self.directory} is a file; pass a folder")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise PersonaGuardError(f"cannot create cache folder {self.directory}: {error.strerror}") from None
 
     @staticmethod
     def key(payload: dict) -> str:
@@ -101,15 +107,13 @@ class JsonCache:
     def get(self, key: str) -> dict | None:
         path = self.directory / f"{key}.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):  # ValueError: bad JSON or undecodable bytes
             return None
+        return value if isinstance(value, dict) else None
 
     def put(self, key: str, value: dict) -> None:
-        handle, temp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(value, out, ensure_ascii=False)
-        os.replace(temp, self.directory / f"{key}.json")
+        write_text_atomic(self.directory / f"{key}.json", json.dumps(value, ensure_ascii=False))
 
 
 @dataclass

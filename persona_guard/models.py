@@ -84,15 +84,17 @@ def ensure_builtin_converted(name: str) -> Path:
     package version, path, size and mtime, and the transformers version that de-quantized it).
     """
     target = builtin_model_dir(name)
-    if (target / "config.json").exists() and _conversion_is_current(name, target):
+    if target.exists() and _conversion_problem(name, target) is None:
         return target
     gguf_path = builtin_gguf_path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            if _conversion_is_current(name, target):
+        if target.exists():
+            problem = _conversion_problem(name, target)
+            if problem is None:
                 return target
+            print(f"persona-guard: converting {name} again: {problem}", file=sys.stderr, flush=True)
             stale = Path(tempfile.mkdtemp(prefix=f".{name}-stale-", dir=target.parent))
             target.rename(stale / name)
             shutil.rmtree(stale)
@@ -110,11 +112,14 @@ def ensure_builtin_converted(name: str) -> Path:
         model.is_quantized = False
         model.config.name_or_path = name
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / SOURCE_RECORD).write_text(json.dumps({**_conversion_source(name), "gguf": str(gguf_path)},
-                                                        indent=2))
-        staging.rename(target)
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / SOURCE_RECORD).write_text(json.dumps({**_conversion_source(name), "gguf": str(gguf_path)},
+                                                            indent=2))
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -131,20 +136,27 @@ def _conversion_source(name: str) -> dict:
             "gguf_bytes": builtin_gguf_path(name).stat().st_size, "transformers": transformers.__version__}
 
 
-def _conversion_is_current(name: str, target: Path) -> bool:
-    """Whether ``target`` was converted from what is installed now. Fields a record lacks (written
-    by an older persona-guard) are not compared; without the package (a cache copied from
-    elsewhere) the conversion is kept: there is nothing to redo it from."""
+def _conversion_problem(name: str, target: Path) -> str | None:
+    """Why ``target`` must be converted again, or None when it is current: it is damaged
+    (:func:`check_model_dir`) or was converted from something other than what is installed now.
+    Fields a record lacks (written by an older persona-guard) are not compared; without the package
+    (a cache copied from elsewhere) an intact conversion is kept: there is nothing to redo it from."""
+    try:
+        check_model_dir(target)
+    except PersonaGuardError as error:
+        return f"the cached copy is damaged ({error})"
     try:
         current = _conversion_source(name)
     except PersonaGuardError:
-        return True
+        return None
     try:
         recorded = json.loads((target / SOURCE_RECORD).read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and all(recorded[key] == value for key, value in current.items()
-                                              if key in recorded)
+        return f"{SOURCE_RECORD} is missing or damaged"
+    if not isinstance(recorded, dict) or any(key in recorded and recorded[key] != value
+                                             for key, value in current.items()):
+        return "it was converted from another package or transformers version"
+    return None
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -152,6 +164,38 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path in BUILTIN_MODELS:
         return str(ensure_builtin_converted(name_or_path))
     return name_or_path
+
+
+#: Weight files ``from_pretrained`` looks for in a model dir (one of them must be there).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Check a local model dir before loading it, failing with one line naming the damaged file:
+    every ``*.json`` (config, tokenizer, shard index) must parse (``config.json``: an object), a weight
+    file (:data:`WEIGHT_FILES`) must be there, and every ``*.safetensors`` file must have an intact
+    header covering the whole file (a truncated copy fails here). Reads headers only, not weights."""
+    path = Path(path)
+    for file in sorted(path.glob("*.json")):
+        try:
+            value = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise PersonaGuardError(f"{file}: damaged model file, not valid JSON ({error})") from None
+        if file.name == "config.json" and not isinstance(value, dict):
+            raise PersonaGuardError(f"{file}: damaged model file, expected a JSON object")
+    if not (path / "config.json").is_file():
+        raise PersonaGuardError(f"model dir {path} holds no config.json")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise PersonaGuardError(f"model dir {path} holds no weights (none of {', '.join(WEIGHT_FILES)})")
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type, OSError or ValueError
+            raise PersonaGuardError(f"{file}: damaged weights file ({error})".splitlines()[0]) from None
 
 
 def check_model_available(name_or_path: str) -> None:
@@ -169,8 +213,8 @@ def check_model_available(name_or_path: str) -> None:
     if path.exists() or name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith(".gguf"):
         if name_or_path.endswith(".gguf") and not path.is_file():
             raise PersonaGuardError(f"GGUF file not found: {name_or_path}")
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise PersonaGuardError(f"model dir {name_or_path} holds no config.json")
+        if path.is_dir():
+            check_model_dir(path)
         if not path.exists():
             raise PersonaGuardError(f"model not found: {name_or_path}")
         return
@@ -241,11 +285,13 @@ def load_model(
         path, gguf_file = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     else:
         path = resolve_model_path(path)
+        if os.path.isdir(path):
+            check_model_dir(path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
-    except OSError as error:
+    except Exception as error:  # OSError, ValueError, safetensors and tokenizers errors on damaged files
         raise PersonaGuardError(f"cannot load model {name_or_path!r}: {error}".splitlines()[0]) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

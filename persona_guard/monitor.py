@@ -72,6 +72,8 @@ class PersonaMonitor:
         return dict(self.projector.layers)
 
     def read(self, conversations: Sequence[Sequence[Message]], progress: bool = True) -> list[ConversationReading]:
+        if not conversations:
+            return []
         encoded = [encode_conversation(self.tokenizer, c) for c in conversations]
         for index, sample in enumerate(encoded):
             if sample.prompt_length == 0:

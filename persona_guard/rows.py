@@ -429,19 +429,26 @@ SUFFIXES = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".ndjson": _read_jsonl,
 
 def read_rows(source: str | Path, split: str | None = None) -> list[RawRow]:
     """Rows of a JSONL (``.jsonl``/``.json``/``.ndjson``), Parquet, CSV/TSV file, a
-    ``datasets.save_to_disk`` directory or, for a name that is no local path, a hub dataset id."""
+    ``datasets.save_to_disk`` directory or, for a name that is no local path, a hub dataset id.
+
+    Errors: a missing file, an unknown format, or no rows at all (an empty file or split: every
+    command needs at least one row, so it fails here, before any model is loaded)."""
     path = Path(source)
     if path.is_dir():
-        return _read_saved_dataset(path, split)
-    reader = SUFFIXES.get(path.suffix.lower())
-    if path.is_file():
+        rows = _read_saved_dataset(path, split)
+    elif path.is_file():
+        reader = SUFFIXES.get(path.suffix.lower())
         if reader is None:
             raise PersonaGuardError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .parquet, .csv "
                                     "or a saved datasets dir)")
-        return reader(path)
-    if reader is not None or str(source).startswith((".", os.sep)):
+        rows = reader(path)
+    elif path.suffix.lower() in SUFFIXES or str(source).startswith((".", os.sep)):
         raise PersonaGuardError(f"file not found: {path}")
-    return _read_hub_dataset(str(source), split)
+    else:
+        rows = _read_hub_dataset(str(source), split)
+    if not rows:
+        raise PersonaGuardError(f"{source}: no rows (the file or split is empty)")
+    return rows
 
 
 def rows_from_records(records: Iterable[Mapping], source: str = "<dataset>") -> list[RawRow]:

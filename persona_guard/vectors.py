@@ -56,8 +56,12 @@ class PersonaVector:
             raise PersonaGuardError(
                 f"persona vector {self.trait!r}: {int(bad.sum())} non-finite values (NaN or infinity), "
                 f"first at layer {layer}, index {index}; the file is damaged or was saved from a diverged run")
+        if not self.directions.any():
+            raise PersonaGuardError(
+                f"persona vector {self.trait!r}: every direction is zero, so there is no trait direction to "
+                "project on or steer with (the file is damaged, or pos and neg activations were identical)")
         if self.default_layer is not None:
-            self._check_layer(self.default_layer)
+            self.resolve_layer(self.default_layer)
 
     @property
     def hidden_size(self) -> int:
@@ -75,19 +79,27 @@ class PersonaVector:
         return layer
 
     def resolve_layer(self, layer: int | None = None) -> int:
+        """``layer`` (default: ``default_layer``) checked: in ``0..num_layers`` and with a non-zero
+        direction (a zero row has no direction: projecting on it would divide by zero)."""
         if layer is None:
             if self.default_layer is None:
                 raise PersonaGuardError(
                     f"persona vector {self.trait!r} has no default layer; pass one (e.g. --layer)")
             layer = self.default_layer
-        return self._check_layer(layer)
+        self._check_layer(layer)
+        if not self.directions[layer].any():
+            raise PersonaGuardError(f"persona vector {self.trait!r}: layer {layer} has a zero direction (nothing "
+                                    "was extracted there); use a layer with a direction")
+        return layer
 
     def direction(self, layer: int | None = None) -> torch.Tensor:
         return self.directions[self.resolve_layer(layer)]
 
     def unit(self, layer: int | None = None) -> torch.Tensor:
-        direction = self.direction(layer)
-        return direction / direction.norm().clamp(min=1e-12)
+        """The direction at ``layer`` scaled to norm 1 ``[hidden]`` (computed in float64: a tiny but
+        non-zero direction, e.g. of subnormal floats, still gives a unit vector)."""
+        direction = self.direction(layer).double()
+        return (direction / direction.norm()).float()
 
     def project(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Scalar projection of ``hidden [..., d]`` on the unit direction (the paper's measure)."""
@@ -191,7 +203,7 @@ class PersonaVector:
         import gguf
         import numpy as np
 
-        layers = list(range(2, self.num_layers)) if layers is None else [self._check_layer(l) for l in layers]
+        layers = list(range(2, self.num_layers)) if layers is None else [self.resolve_layer(l) for l in layers]
         if any(layer < 2 for layer in layers):
             raise PersonaGuardError("llama.cpp control vectors cannot steer layers below 2 "
                                     "(its direction.0 is invalid)")
@@ -253,15 +265,29 @@ def _read_header(path: Path, header: str) -> dict:
 
 
 def load_gguf_control_vector(path: str | Path) -> dict[int, torch.Tensor]:
-    """Read a llama.cpp control vector back as ``{our layer index: direction}``."""
+    """Read a llama.cpp control vector back as ``{our layer index: direction [hidden]}``.
+
+    Errors (one line naming ``path``): not a readable GGUF file, a ``direction.N`` name without an
+    integer N, no direction at all, or a direction that is non-finite or all zero."""
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+        tensors = [(tensor.name, torch.tensor(tensor.data.copy(), dtype=torch.float32)) for tensor in reader.tensors]
+    except Exception as error:  # gguf raises ValueError, KeyError, struct and numpy errors on damaged files
+        raise PersonaGuardError(f"{path}: not a readable GGUF control vector ({error})".splitlines()[0]) from None
     out = {}
-    for tensor in reader.tensors:
-        prefix, _, index = tensor.name.partition(".")
-        if prefix == "direction":
-            out[int(index) + 1] = torch.tensor(tensor.data.copy(), dtype=torch.float32)
+    for name, direction in tensors:
+        prefix, _, index = name.partition(".")
+        if prefix != "direction":
+            continue
+        if not index.isdigit():
+            raise PersonaGuardError(f"{path}: tensor {name!r} is not direction.<block index>")
+        if not torch.isfinite(direction).all() or not direction.any():
+            raise PersonaGuardError(f"{path}: {name} is non-finite or all zero")
+        out[int(index) + 1] = direction
+    if not out:
+        raise PersonaGuardError(f"{path}: holds no direction.N tensor")
     return out
 
 

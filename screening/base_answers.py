@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,16 +71,33 @@ PROMPTS_PER_UNIT = 256
 
 
 class AnswerCache:
-    """``key -> list of answers`` in one SQLite file, safe for several processes at once."""
+    """``key -> list of answers`` in one SQLite file, safe for several processes at once.
+
+    Errors: :class:`PersonaGuardError` naming the file when ``path`` is a folder, is not an SQLite
+    database (or not this cache's), or cannot be created or read."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise PersonaGuardError(f"answer cache {self.path} is a folder; pass an SQLite file path")
         with self._connect() as connection:
             connection.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answers TEXT NOT NULL)")
+            connection.execute("SELECT key, answers FROM answers LIMIT 1").fetchall()
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=120)
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection in a transaction (committed on success); SQLite errors name the file."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=120)
+            try:
+                with connection:
+                    yield connection
+            finally:
+                connection.close()
+        except (sqlite3.Error, OSError) as error:
+            raise PersonaGuardError(f"answer cache {self.path}: not a usable SQLite cache ({error}); "
+                                    "pass another --answer-cache path or delete it") from None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -89,13 +107,24 @@ class AnswerCache:
                 marks = ",".join("?" * len(chunk))
                 for key, answers in connection.execute(
                         f"SELECT key, answers FROM answers WHERE key IN ({marks})", chunk):
-                    found[key] = json.loads(answers)
+                    value = _stored_answers(answers)
+                    if value is not None:
+                        found[key] = value
         return found
 
     def put_many(self, items: dict[str, list[str]]) -> None:
         with self._connect() as connection:
             connection.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?)",
                                    [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
+
+
+def _stored_answers(text) -> list[str] | None:
+    """A cached entry as a list of answers, or None (a miss: regenerated and rewritten) when damaged."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, list) and all(isinstance(a, str) for a in value) else None
 
 
 #: ``backend(prompts, settings, seed) -> answers`` with ``n`` consecutive answers per prompt.

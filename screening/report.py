@@ -15,7 +15,7 @@ import numpy as np
 from persona_guard import metrics
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
-from persona_guard.rows import last_user_turn
+from persona_guard.rows import DroppedRow, last_user_turn
 from persona_guard.screening.baselines import embedding_similarity, random_scores
 from persona_guard.screening.scorer import ScreenResult
 
@@ -295,6 +295,15 @@ def write_outputs(result: ScreenResult, out_dir: str | Path, *, source: str, mod
     write_text_atomic(files.markdown, render_markdown(summary, result, files.histograms))
     write_text_atomic(files.html, render_html(summary, result, files.histograms))
     return files, summary
+
+
+def refuse_unscreenable(skipped: Sequence[DroppedRow], out_dir: str | Path, *, source: str) -> None:
+    """No row could be screened: write ``skipped.jsonl`` (every row's reason) and raise one line
+    naming it, so a run never ends "successfully" with empty outputs."""
+    path = OutputFiles.under(out_dir, []).skipped
+    write_jsonl(path, [s.to_dict() for s in skipped])
+    raise PersonaGuardError(f"{source}: nothing was screenable: all {len(skipped)} rows were skipped; "
+                            f"the reason for each is in {path}")
 
 
 def log_to_wandb(summary: dict, result: ScreenResult, files: OutputFiles, *, project: str,

@@ -86,6 +86,11 @@ class ScreeningConfig:
     def __post_init__(self) -> None:
         check(self)
 
+    @property
+    def answer_cache_path(self) -> Path:
+        """The base-answer cache file: ``answer_cache``, else ``<persona-guard cache>/base_answers.sqlite``."""
+        return Path(self.answer_cache) if self.answer_cache else cache_dir() / "base_answers.sqlite"
+
 
 @dataclass
 class TraitScores:
@@ -246,9 +251,8 @@ class Screener:
     def _answer_store(self, backend: Backend | None, backend_name: str) -> BaseAnswers:
         """The cache of base answers; the backend is part of the key (vLLM and transformers do not give
         identical answers), answers made elsewhere (``base_answers_file``) are keyed as ``external``."""
-        path = self.config.answer_cache or str(cache_dir() / "base_answers.sqlite")
         return BaseAnswers(backend, self.tokenizer, f"{self.model_key}|{backend_name}", self.config.base_answers,
-                           AnswerCache(path))
+                           AnswerCache(self.config.answer_cache_path))
 
     def _backend(self) -> tuple[Backend, str]:
         backend_name = self.config.backend
@@ -327,7 +331,7 @@ class Screener:
                   disable=not self.config.progress) as bar:
             for k in mine:
                 path = checkpoint / f"shard-{k:05d}.jsonl" if checkpoint else None
-                if path is None or not path.exists():
+                if path is None or self._read_shard(path, shards[k]) is None:
                     records[k] = self._score_shard(shards[k])
                     if path is not None:
                         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records[k]))
@@ -338,22 +342,42 @@ class Screener:
         merged = []
         for k in range(len(shards)):
             if checkpoint is not None:  # everyone reads the files: identical merged output
-                text = (checkpoint / f"shard-{k:05d}.jsonl").read_text()
-                merged.extend(json.loads(line) for line in text.splitlines())
+                path = checkpoint / f"shard-{k:05d}.jsonl"
+                stored = self._read_shard(path, shards[k])
+                if stored is None:
+                    raise PersonaGuardError(f"{path}: shard damaged while screening; rerun with --force")
+                merged.extend(stored)
             else:
                 merged.extend(records[k])
         return merged
+
+    def _read_shard(self, path: Path, shard: Sequence[ScreenRow]) -> list[dict] | None:
+        """A checkpointed shard's records, or None when missing or damaged (not UTF-8 JSON lines, or
+        not one record per sample of ``shard`` with this run's traits): it is then scored again."""
+        try:
+            records = [json.loads(line) for line in path.read_bytes().decode("utf-8").splitlines()]
+        except (OSError, ValueError):
+            return None
+        intact = len(records) == len(shard) and all(
+            isinstance(r, dict) and r.get("index") == row.sample
+            and ("skipped" in r or isinstance(r.get("traits"), dict) and set(r["traits"]) == set(self.vectors))
+            for r, row in zip(records, shard))
+        return records if intact else None
 
     def _check_manifest(self, checkpoint: Path, fingerprint: dict, processes: Processes) -> None:
         manifest = checkpoint / "manifest.json"
         if processes.is_main:
             if manifest.exists():
-                if json.loads(manifest.read_text()) != fingerprint:
+                try:
+                    recorded = json.loads(manifest.read_bytes().decode("utf-8"))
+                except (OSError, ValueError):
+                    raise PersonaGuardError(f"{manifest} is damaged, so its shards cannot be trusted; "
+                                            "use another output dir or --force") from None
+                if recorded != fingerprint:
                     raise PersonaGuardError(
                         f"{checkpoint} holds shards of a different screening run (other data, vectors "
                         "or settings); use another output dir or --force")
             else:
-                checkpoint.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
         processes.barrier()
 

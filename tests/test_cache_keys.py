@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from persona_guard import models
 from persona_guard.extraction import ExtractionConfig, extract_vector
@@ -102,4 +103,6 @@ def test_converted_model_follows_its_source(tmp_path, change, current):
     elif change != "damaged":
         record.update(change)
     (tmp_path / models.SOURCE_RECORD).write_text("{not json" if change == "damaged" else json.dumps(record))
-    assert models._conversion_is_current(name, tmp_path) is current
+    (tmp_path / "config.json").write_text("{}")  # an intact (if tiny) model dir: only the record differs
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    assert (models._conversion_problem(name, tmp_path) is None) is current

@@ -64,7 +64,7 @@ def test_bad_layers_and_coefs(tiny_llama, tokenizer, evil, tmp_path):
     with pytest.raises(PersonaGuardError, match="cannot be steered"):
         select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path,
                      LayerSelectionConfig(layers=(beyond,)), progress=False)
-    with pytest.raises(PersonaGuardError, match="non-zero"):
+    with pytest.raises(PersonaGuardError, match="positive"):
         LayerSelectionConfig(layers=(1,), coefs=(0,))
 
 

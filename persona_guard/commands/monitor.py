@@ -79,6 +79,11 @@ def calibrate(args) -> int:
         raise PersonaGuardError("monitor calibrate: --policy FILE is required (it is created or updated)")
     if not 0 < args.percentile <= 100:
         raise PersonaGuardError(f"--percentile must be in (0, 100], got {args.percentile}")
+    policy_path = Path(args.policy)
+    if policy_path.is_dir():
+        raise PersonaGuardError(f"--policy {policy_path} is a folder; pass a policy file to create or update")
+    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()  # a broken policy fails before work
+    preflight(model=args.model, outputs=[policy_path.parent])
     source = Path(args.set) if args.set else dataset_path("benign_heldout.jsonl")
     conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
                      for sample in row.samples]
@@ -88,8 +93,6 @@ def calibrate(args) -> int:
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers, batch_size=args.batch_size,
                              layers_path=args.layers_path)
     readings = monitor.read(conversations)
-    policy_path = Path(args.policy)
-    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()
     for vector, path in zip(vectors, args.vector):
         thresholds, stats = {}, {}
         for name in ("prompt_last", "response_mean"):

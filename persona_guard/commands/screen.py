@@ -15,7 +15,7 @@ from persona_guard.commands.common import (
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
 from persona_guard.schema import add_arguments, values_from_args
-from persona_guard.screening.base_answers import BaseAnswerSettings
+from persona_guard.screening.base_answers import AnswerCache, BaseAnswerSettings
 from persona_guard.screening.policy import FlagPolicy
 from persona_guard.screening.scorer import ScreeningConfig
 
@@ -60,12 +60,14 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 def run(args) -> int:
     from persona_guard.models import load_model
     from persona_guard.rows import read_rows
+    from persona_guard.screening.data import classify_rows
     from persona_guard.screening.report import (
         OutputFiles,
         baseline_scores,
         compare_methods,
         labels_of,
         log_to_wandb,
+        refuse_unscreenable,
         write_outputs,
     )
     from persona_guard.screening.scorer import Screener, current_processes
@@ -89,11 +91,9 @@ def run(args) -> int:
               outputs=[out], packages=packages)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
-    if args.force and processes.is_main and shards.exists():
-        shutil.rmtree(shards)
-    processes.barrier()
-    device = processes.state.device if processes.state is not None else args.device
-    loaded = load_model(args.model, device=device, dtype=args.dtype)
+    usable, dropped = classify_rows(raw_rows)
+    if not usable:
+        refuse_unscreenable(dropped, out, source=str(args.data))
     config = ScreeningConfig(
         mode="fast" if args.no_generate else "exact",
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
@@ -102,6 +102,13 @@ def run(args) -> int:
         base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
         layers_path=args.layers_path,
         progress=processes.is_main)
+    if config.mode == "exact" and not args.base_answers and not args.export_prompts:
+        AnswerCache(config.answer_cache_path)  # a damaged cache fails now, not after loading the model
+    if args.force and processes.is_main and shards.exists():
+        shutil.rmtree(shards)
+    processes.barrier()
+    device = processes.state.device if processes.state is not None else args.device
+    loaded = load_model(args.model, device=device, dtype=args.dtype)
     screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
     if args.export_prompts:
         if processes.is_main:
@@ -112,6 +119,8 @@ def run(args) -> int:
     result = screener.score(raw_rows, reference=reference_rows)
     if not processes.is_main:
         return 0
+    if not result.rows:
+        refuse_unscreenable(result.skipped, out, source=str(args.data))
     comparisons = None
     if args.baselines or args.label_field:
         labels = labels_of(result, args.label_field) if args.label_field else None

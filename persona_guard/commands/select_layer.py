@@ -16,7 +16,13 @@ from persona_guard.commands.common import (
 )
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
-from persona_guard.layer_selection import LayerSelectionConfig, select_layer, selection_stem, store_choice
+from persona_guard.layer_selection import (
+    LayerSelectionConfig,
+    check_same_trait,
+    select_layer,
+    selection_stem,
+    store_choice,
+)
 from persona_guard.models import load_model
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
@@ -32,6 +38,7 @@ def number_list(text: str, kind, flag: str) -> tuple:
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
     trait = load_trait(args.trait or vector.trait)
+    check_same_trait(vector, trait)
     config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
                                   coefs=number_list(args.coefs, finite_float, "--coefs"), questions=args.questions,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,

@@ -43,6 +43,7 @@ from persona_guard.server.protocol import (
     error_body,
     logprob_entry,
     new_completion_id,
+    parse_json_body,
     parse_request,
     usage_of,
 )
@@ -466,10 +467,7 @@ async def _read_json(request: Request, limit: int):
         data.extend(chunk)
         if len(data) > limit:
             raise RequestError(f"request body is over the {limit}-byte limit", status=413)
-    try:
-        return json.loads(bytes(data).decode() or "null")
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError("the request body is not valid JSON") from None
+    return parse_json_body(bytes(data), request.headers.get("content-type"))
 
 
 def _sse_line(payload) -> bytes:

@@ -22,14 +22,13 @@ token cannot be taken back); every action also logs and counts the alert.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.files import write_text_atomic
 from persona_guard.monitor import Threshold
 
 ACTIONS = ("log", "alert", "steer", "block")
@@ -83,7 +82,7 @@ class Policy:
             raise PersonaGuardError(f"policy file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise PersonaGuardError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(data, dict) or not isinstance(data.get("traits", {}), dict):
             raise PersonaGuardError(f"{path}: expected a mapping with a 'traits' mapping")
@@ -115,14 +114,8 @@ class Policy:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            yaml.safe_dump(self.to_dict(), out, sort_keys=False)
-        os.replace(temp, path)
-        return path
+        """Write atomically (:func:`persona_guard.files.write_text_atomic`)."""
+        return write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _number(value, where: str) -> float:

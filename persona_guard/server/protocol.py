@@ -8,15 +8,23 @@ OpenAI's body ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
+
+import numpy as np
 
 from persona_guard.rows import RowError, parse_messages
 
 MAX_TOP_LOGPROBS = 20
 MAX_N = 16
 MAX_STOP = 4
+#: deepest nesting of arrays and objects a request body may have (a chat request needs about 6)
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 class RequestError(Exception):
@@ -29,6 +37,36 @@ class RequestError(Exception):
         self.param = param
         self.status = status
         self.kind = kind
+
+
+def parse_json_body(data: bytes, content_type: str | None = None):
+    """A request body as strict JSON (RFC 8259), or :class:`RequestError` (400; 415 for a non-JSON
+    ``content_type``): not UTF-8 or not JSON, nested deeper than :data:`MAX_JSON_DEPTH` (checked on the
+    bytes, before parsing, so a 9000-deep body cannot exhaust the parser's recursion), ``NaN`` /
+    ``Infinity`` literals, numbers beyond float range (``1e999``) or too long to parse. A missing
+    content type is read as JSON (as OpenAI's clients always send ``application/json``)."""
+    if content_type:
+        media = content_type.split(";")[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise RequestError(f"content type {media!r} is not supported; send application/json", status=415)
+    levels = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8)
+    steps = np.isin(levels, (ord("["), ord("{"))).astype(np.int64) - np.isin(levels, (ord("]"), ord("}")))
+    if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
+        raise RequestError(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:20]} is out of range")
+        return value
+
+    def constant(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(data.decode("utf-8") or "null", parse_float=finite, parse_constant=constant)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(f"the request body is not valid JSON ({error})".splitlines()[0][:200]) from None
 
 
 def error_body(
