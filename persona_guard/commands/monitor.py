@@ -59,10 +59,10 @@ def run(args) -> int:
     preflight(model=args.model, files=[out])
     refuse_overwrite([out], args.force)
     thresholds = parse_thresholds(args.threshold)
-    vectors = [PersonaVector.load(path) for path in args.vector]
-    check_threshold_traits(thresholds, vectors)
     rows = strict_rows(read_rows(args.conversations), need="prompt")
     samples = [(row, sample) for row in rows for sample in row.samples]
+    vectors = [PersonaVector.load(path) for path in args.vector]
+    check_threshold_traits(thresholds, vectors)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
