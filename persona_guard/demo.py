@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ from persona_guard.bundled import dataset_path
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.models import DEFAULT_MODEL, load_model
+from persona_guard.schema import bounds, check
+from persona_guard.steering import COEF_BOUNDS
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
 
@@ -31,31 +33,40 @@ DATASETS_TO_SCREEN = (
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out_dir: str = "runs/demo"
+    """Every stage's sizes and settings; some fields are also flags of ``persona-guard demo`` (checked by
+    :mod:`persona_guard.schema`)."""
+
+    out_dir: str = field(default="runs/demo", metadata=bounds(help="output dir"))
     model: str = DEFAULT_MODEL
     trait: str = "evil"
     #: written into the vector file once (its default_layer), which every later stage reads; chosen for
     #: SmolLM2 by select-layer (steering effect), also its best screening layer
-    layer: int = 20
-    seed: int = 0
+    layer: int = field(default=20, metadata=bounds(ge=0))
+    seed: int = field(default=0, metadata=bounds(ge=0, help="seed of every stage"))
     # screening
-    screen_rows: int | None = None   # rows of the contaminated mix (None: all)
+    screen_rows: int | None = field(default=None, metadata=bounds(ge=1))  # rows of the contaminated mix (None: all)
     screen_generate: bool = True     # exact projection difference (base answers) vs the fast proxy
-    screen_max_new_tokens: int = 48
-    dataset_rows: int | None = 32    # rows per bundled set for the dataset-level table (0: skip the table)
+    screen_max_new_tokens: int = field(default=48, metadata=bounds(ge=1))
+    #: rows per bundled set for the dataset-level table (0: skip the table)
+    dataset_rows: int | None = field(default=32, metadata=bounds(ge=0))
     # fine-tuning (LoRA), identical for every arm but the steering
-    train_rows: int = 160
-    train_batch_size: int = 8
-    learning_rate: float = 2e-4
-    epochs: int = 1
-    lora_r: int = 16
-    prevent_coef: float = 2.0        # preventative steering during training (add)
-    inference_coef: float = -2.0     # steering the severe arm at inference (negative suppresses)
-    drift_every: int = 5
+    train_rows: int = field(default=160, metadata=bounds(ge=1, help="fine-tuning rows per arm"))
+    train_batch_size: int = field(default=8, metadata=bounds(ge=1))
+    learning_rate: float = field(default=2e-4, metadata=bounds(gt=0, help="LoRA learning rate"))
+    epochs: int = field(default=1, metadata=bounds(ge=1))
+    lora_r: int = field(default=16, metadata=bounds(ge=1))
+    #: preventative steering during training (add)
+    prevent_coef: float = field(default=2.0, metadata={**COEF_BOUNDS, "help": "preventative steering coefficient"})
+    #: steering the severe arm at inference (negative suppresses)
+    inference_coef: float = field(default=-2.0, metadata={**COEF_BOUNDS, "help": "inference steering coefficient"})
+    drift_every: int = field(default=5, metadata=bounds(ge=1))
     # evaluation
-    eval_questions: int = 20
-    eval_max_new_tokens: int = 48
-    benign_rows: int = 60
+    eval_questions: int = field(default=20, metadata=bounds(ge=1))
+    eval_max_new_tokens: int = field(default=48, metadata=bounds(ge=1))
+    benign_rows: int = field(default=60, metadata=bounds(ge=1))
+
+    def __post_init__(self) -> None:
+        check(self)
 
     def eval_settings(self):
         """How every arm is evaluated (the demo and the coefficient sweep share it)."""

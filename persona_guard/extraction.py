@@ -27,7 +27,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
 from persona_guard.metrics import mean_or_none
 from persona_guard.models import decoder_layers, model_fingerprint
+from persona_guard.schema import bounds, check
 from persona_guard.traits import Trait
 from persona_guard.vectors import AGGREGATORS, PersonaVector, compute_vector
 
@@ -51,30 +52,34 @@ SOURCES = ("generate", "exemplars")
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    source: str = "generate"
-    method: str = "response_mean"  # response_mean | prompt_last | prompt_mean
-    n_per_question: int = 1  # samples per (question, instruction pair)
-    questions: int | None = None  # use the first K extraction questions (default: all)
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    batch_size: int = 8
-    seed: int = 0
-    pos_threshold: float = 50.0  # keep a pair only if its pos answer scores >= this ...
-    neg_threshold: float = 50.0  # ... and its neg answer scores < this
-    coherence_threshold: float = 50.0  # ... and both answers are at least this coherent
-    min_pairs: int = 3  # fewer kept pairs than this is an error, not a vector
+    """How a vector is extracted; each field is also a flag of ``persona-guard extract`` (checked by
+    :mod:`persona_guard.schema`). Judge scores are on the 0-100 scale of :mod:`persona_guard.judges`."""
+
+    source: str = field(default="generate", metadata=bounds(
+        choices=SOURCES, help="generate: the model answers under trait prompts (paper); exemplars: "
+                              "teacher-force the trait's written exemplars"))
+    method: str = field(default="response_mean", metadata=bounds(
+        choices=REDUCTIONS, help="which positions' activations are averaged"))
+    n_per_question: int = field(default=1, metadata=bounds(ge=1, help="samples per question and instruction pair"))
+    questions: int | None = field(default=None, metadata=bounds(
+        ge=1, help="use the first K extraction questions (default: all)"))
+    max_new_tokens: int = field(default=64, metadata=bounds(ge=1, help="tokens per generated answer"))
+    temperature: float = field(default=0.7, metadata=bounds(ge=0, help="sampling temperature; 0 = greedy"))
+    batch_size: int = field(default=8, metadata=bounds(ge=1, help="prompts per generation / forward batch"))
+    seed: int = field(default=0, metadata=bounds(ge=0))
+    pos_threshold: float = field(default=50.0, metadata=bounds(
+        ge=0, le=100, help="keep a pair only if the trait answer's judge score is >= this"))
+    neg_threshold: float = field(default=50.0, metadata=bounds(
+        ge=0, le=101, help="... and the opposite answer's score is < this (101: any)"))
+    coherence_threshold: float = field(default=50.0, metadata=bounds(
+        ge=0, le=100, help="... and both answers' coherence is >= this"))
+    min_pairs: int = field(default=3, metadata=bounds(ge=1, help="fewer kept pairs than this is an error"))
     layers_path: str | None = None
-    aggregator: str = "mean_difference"  # how pairs become a direction: a name in vectors.AGGREGATORS
+    aggregator: str = field(default="mean_difference", metadata=bounds(
+        choices=tuple(AGGREGATORS), help="how pairs become a direction"))
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise PersonaGuardError(f"unknown source {self.source!r}; choose from {', '.join(SOURCES)}")
-        if self.method not in REDUCTIONS:
-            raise PersonaGuardError(f"unknown method {self.method!r}; choose from {', '.join(REDUCTIONS)}")
-        if self.aggregator not in AGGREGATORS:
-            raise PersonaGuardError(f"unknown aggregator {self.aggregator!r}; choose from {', '.join(AGGREGATORS)}")
-        if self.n_per_question < 1 or (self.questions is not None and self.questions < 1):
-            raise PersonaGuardError("n_per_question and questions must be >= 1")
+        check(self)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,7 +79,9 @@ def refuse_overwrite(paths: Iterable[str | Path], force: bool, flag: str = "--fo
 def check_writable(folder: str | Path) -> None:
     """Fail early, naming the folder, when outputs cannot be created under ``folder``.
 
-    Walks up to the nearest existing ancestor (nothing is created) and checks it is a writable folder.
+    Walks up to the nearest existing ancestor (nothing is created there) and checks it is a folder
+    where a file can be created: an unnamed temporary file, gone when closed, so read-only mounts
+    and pseudo file systems (``/proc``) are caught even for root, whom permission bits do not stop.
     """
     folder = Path(folder).absolute()
     probe = folder
@@ -86,5 +89,8 @@ def check_writable(folder: str | Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise PersonaGuardError(f"cannot write under {folder}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PersonaGuardError(f"cannot write under {folder}: {probe} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise PersonaGuardError(f"cannot write under {folder}: {probe} is not writable ({error.strerror})") from None

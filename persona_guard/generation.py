@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -11,15 +11,21 @@ from tqdm.auto import tqdm
 
 from persona_guard.encoding import Message, render_prompt
 from persona_guard.models import model_device
+from persona_guard.schema import bounds, check
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 96
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    batch_size: int = 8
-    seed: int = 0
+    """How answers are sampled (fields checked by :mod:`persona_guard.schema`; flags derive from them)."""
+
+    max_new_tokens: int = field(default=96, metadata=bounds(ge=1, help="tokens generated per answer"))
+    temperature: float = field(default=0.0, metadata=bounds(ge=0, help="sampling temperature; 0 = greedy"))
+    top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1, help="nucleus sampling mass"))
+    batch_size: int = field(default=8, metadata=bounds(ge=1, help="prompts generated together"))
+    seed: int = field(default=0, metadata=bounds(ge=0, help="sampling seed (each batch adds its offset)"))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -22,29 +22,38 @@ from persona_guard.files import atomic_path, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge
 from persona_guard.metrics import mean_or_none
-from persona_guard.steering import Steering
+from persona_guard.schema import FieldError, bounds, check
+from persona_guard.steering import COEF_BOUNDS, Steering
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector
 
 
 @dataclass(frozen=True)
 class LayerSelectionConfig:
-    layers: tuple[int, ...]
-    coefs: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
-    questions: int | None = 5  # first K eval questions (None: all 20)
-    max_new_tokens: int = 48
-    temperature: float = 0.0  # greedy: every cell answers the same way but for the steering
-    batch_size: int = 8
-    seed: int = 0
-    coherence_threshold: float = 50.0
+    """The grid and generation settings of :func:`select_layer`; each field is also a flag of
+    ``persona-guard select-layer`` (checked by :mod:`persona_guard.schema`)."""
+
+    layers: tuple[int, ...] = field(default=(8, 12, 15, 20), metadata=bounds(
+        ge=0, help="layers to try (hidden_states indices)"))
+    coefs: tuple[float, ...] = field(default=(0.0, 2.0, 4.0, 8.0), metadata={
+        **COEF_BOUNDS, "help": "steering coefficients to try"})
+    questions: int | None = field(default=5, metadata=bounds(ge=1, help="first K eval questions (None: all)"))
+    max_new_tokens: int = field(default=48, metadata=bounds(ge=1, help="tokens per steered answer"))
+    #: greedy: every cell answers the same way but for the steering
+    temperature: float = field(default=0.0, metadata=bounds(ge=0))
+    batch_size: int = field(default=8, metadata=bounds(ge=1, help="prompts generated together"))
+    seed: int = field(default=0, metadata=bounds(ge=0))
+    coherence_threshold: float = field(default=50.0, metadata=bounds(
+        ge=0, le=100, help="a layer counts only if the mean coherence (0-100) stays >= this"))
     layers_path: str | None = None
 
     def __post_init__(self) -> None:
+        check(self)
         if not self.layers:
-            raise PersonaGuardError("no layers to try")
+            raise FieldError("layers", "no layers to try")
         if not any(c > 0 for c in self.coefs):
-            raise PersonaGuardError("coefs must include a positive (non-zero) steering coefficient: the "
-                                    "chosen layer is where adding +coef * v raises the trait most")
+            raise FieldError("coefs", "must include a positive steering coefficient: the chosen layer is where "
+                             "adding +coef * v raises the trait most")
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,13 @@ class FieldError(PersonaGuardError):
 
 
 def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None) -> dict[str, float]:
-    """Field metadata for a numeric range, e.g. ``field(default=1, metadata=bounds(ge=1))``."""
-    return {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
+           lt: float | None = None, choices: tuple[str, ...] | None = None,
+           help: str | None = None) -> dict[str, Any]:  # noqa: A002 (argparse's name)
+    """Field metadata: a numeric range (``ge``/``gt``/``le``/``lt``), the allowed ``choices`` of a string
+    field and the ``help`` text of its command-line flag, e.g.
+    ``field(default=1, metadata=bounds(ge=1, help="answers per question"))``."""
+    given = (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices), ("help", help))
+    return {name: value for name, value in given if value is not None}
 
 
 def internal() -> dict[str, bool]:
@@ -142,19 +146,21 @@ _COMPARISONS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">
                 "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
 
-def check_value(key: str, annotation: Any, value: Any, limits: Mapping[str, float] = {}) -> None:  # noqa: B006
-    """Raise :class:`FieldError` unless ``value`` fits ``annotation`` and ``limits`` (see :func:`bounds`);
-    limits apply to a number and to each number of a list."""
+def check_value(key: str, annotation: Any, value: Any, limits: Mapping[str, Any] = {}) -> None:  # noqa: B006
+    """Raise :class:`FieldError` unless ``value`` fits ``annotation`` and ``limits`` (field metadata, see
+    :func:`bounds`); ranges apply to a number and to each number of a list, ``choices`` to a string."""
     if not _accepts(annotation, value):
         raise FieldError(key, f"expected {describe(annotation)}, got {value!r}")
+    choices = limits.get("choices")
+    if choices is not None and isinstance(value, str) and value not in choices:
+        raise FieldError(key, f"expected one of {', '.join(choices)}, got {value!r}")
     numbers = value if isinstance(value, (tuple, list)) else [value]
     for number in numbers:
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             continue
         for name, bound in limits.items():
-            holds, sign = _COMPARISONS[name]
-            if not holds(number, bound):
-                raise FieldError(key, f"must be {sign} {bound:g}, got {number!r}")
+            if name in _COMPARISONS and not _COMPARISONS[name][0](number, bound):
+                raise FieldError(key, f"must be {_COMPARISONS[name][1]} {bound:g}, got {number!r}")
 
 
 def check(instance: Any) -> None:
@@ -219,35 +225,68 @@ def to_mapping(instance: Any) -> dict[str, Any]:
     return {name: plain(getattr(instance, name)) for name in settable_fields(type(instance))}
 
 
-def add_arguments(parser: Any, cls: type, flags: Mapping[str, str], helps: Mapping[str, str] | None = None) -> None:
+def range_text(limits: Mapping[str, Any]) -> str:
+    """``>= 1, <= 100`` for the range in field metadata (:func:`bounds`); empty when unbounded."""
+    return ", ".join(f"{_COMPARISONS[key][1]} {bound:g}" for key, bound in limits.items() if key in _COMPARISONS)
+
+
+def _flag_text(value: Any) -> Any:
+    """A default as a user would type it (``8,12`` for a tuple)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def add_arguments(parser: Any, cls: type, flags: Mapping[str, str], helps: Mapping[str, str] | None = None, *,
+                  optional: bool = False) -> None:
     """One command-line flag per field of ``cls`` named in ``flags`` (field -> ``--flag``), with the
-    field's default, choices (``Literal``) and a ``type`` that converts the text and checks it with
-    :func:`check_value`, so a bad value is argparse's one-line error naming the flag. Read the values
-    back with :func:`values_from_args`."""
+    field's default, help (``helps`` wins over the field's ``help`` metadata), choices (``Literal`` or
+    ``choices`` metadata) and a ``type`` that converts the text and checks it with :func:`check_value`,
+    so a bad value is argparse's one-line error naming the flag. ``bool`` fields become switches;
+    ``tuple[X, ...]`` fields take comma-separated values. ``optional``: a flag not given is absent from
+    :func:`values_from_args` (for callers whose defaults differ from the field's, e.g. a preset).
+    Read the values back with :func:`values_from_args`."""
+    import argparse
+
     hints = _hints(cls)
     fields = {item.name: item for item in dataclasses.fields(cls)}
     for name, flag in flags.items():
         item, annotation = fields[name], hints[name]
         default = item.default if item.default is not dataclasses.MISSING else None
-        text = (helps or {}).get(name, "")
+        text = (helps or {}).get(name) or item.metadata.get("help", "")
+        shown = argparse.SUPPRESS if optional else default
+        if annotation is bool:
+            parser.add_argument(flag, action="store_true", default=shown, help=text)
+            continue
         literal = [m for m in _members(annotation) if typing.get_origin(m) is typing.Literal]
-        if literal:
-            parser.add_argument(flag, choices=typing.get_args(literal[0]), default=default,
-                                help=f"{text} (default {default})".strip())
-        else:
-            parser.add_argument(flag, type=_flag_type(name, annotation, item.metadata), default=default,
-                                help=f"{text} ({describe(annotation)}, default {default})".strip())
+        choices = typing.get_args(literal[0]) if literal else item.metadata.get("choices")
+        if choices:
+            parser.add_argument(flag, choices=choices, default=shown, help=f"{text} (default {default})".strip())
+            continue
+        limits = range_text(item.metadata)
+        typed = [m for m in _members(annotation) if m is not type(None)]  # None: the flag left out
+        parser.add_argument(flag, type=flag_type(name, annotation, item.metadata), default=shown,
+                            help=f"{text} ({' or '.join(map(describe, typed))}{', ' + limits if limits else ''}"
+                                 f", default {_flag_text(default)})".strip())
 
 
-def _flag_type(name: str, annotation: Any, limits: Mapping[str, float]) -> Any:
+def flag_type(name: str, annotation: Any, limits: Mapping[str, Any] = {}) -> Any:  # noqa: B006
+    """argparse ``type=``: converts the text to ``annotation`` (``int``, ``float``, ``str``, optional
+    ones, ``tuple[X, ...]`` from ``a,b,c``) and checks it with :func:`check_value` and ``limits``
+    (:func:`bounds`); a bad value raises ``ArgumentTypeError``, which argparse prints naming the flag.
+    Also for flags that set no library field, e.g. ``flag_type("port", int, bounds(ge=0, le=65535))``."""
     import argparse
 
-    kinds = [m for m in _members(annotation) if m in (int, float)]
+    members = [m for m in _members(annotation) if m is not type(None)]
+    sequence = [m for m in members if typing.get_origin(m) in (tuple, list)]
+    item = typing.get_args(sequence[0])[0] if sequence else None
+    kinds = [m for m in (item, *members) if m in (int, float)]
     kind = kinds[0] if kinds else str
 
     def convert(text: str) -> Any:
         try:
-            value = kind(text)
+            value: Any = kind(text) if not sequence else tuple(
+                kind(part) for part in text.split(",") if part.strip())
+            if not _accepts(annotation, value):  # e.g. nan: quote the text as typed
+                raise ValueError(text)
             check_value(name, annotation, value, limits)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {describe(annotation)}, got {text!r}") from None
@@ -260,8 +299,19 @@ def _flag_type(name: str, annotation: Any, limits: Mapping[str, float]) -> Any:
 
 
 def values_from_args(args: Any, flags: Mapping[str, str]) -> dict[str, Any]:
-    """``{field: value}`` of the flags :func:`add_arguments` added (argparse's ``dest`` of each flag)."""
-    return {name: getattr(args, flag.lstrip("-").replace("-", "_")) for name, flag in flags.items()}
+    """``{field: value}`` of the flags :func:`add_arguments` added (argparse's ``dest`` of each flag);
+    an ``optional`` flag that was not given is left out."""
+    dests = {name: flag.lstrip("-").replace("-", "_") for name, flag in flags.items()}
+    return {name: getattr(args, dest) for name, dest in dests.items() if hasattr(args, dest)}
+
+
+def from_args(cls: type[T], args: Any, flags: Mapping[str, str], **fixed: Any) -> T:
+    """``cls(**values_from_args(args, flags), **fixed)``: a cross-field error of ``cls``'s
+    ``__post_init__`` (a :class:`FieldError`) becomes one line naming the flag instead of the field."""
+    try:
+        return cls(**values_from_args(args, flags), **fixed)
+    except FieldError as error:
+        raise PersonaGuardError(f"{flags.get(error.key, error.key)}: {error.message}") from None
 
 
 def field_lines(cls: type, prefix: str) -> list[str]:
@@ -275,7 +325,7 @@ def field_lines(cls: type, prefix: str) -> list[str]:
             continue
         default = item.default if item.default is not dataclasses.MISSING else (
             item.default_factory() if item.default_factory is not dataclasses.MISSING else "required")
-        limits = "".join(f", {_COMPARISONS[key][1]} {bound:g}" for key, bound in item.metadata.items()
-                         if key in _COMPARISONS)
-        lines.append(f"--{prefix}.{name}: {describe(hints[name])}{limits} (default {default!r})")
+        limits = range_text(item.metadata)
+        lines.append(f"--{prefix}.{name}: {describe(hints[name])}{', ' + limits if limits else ''} "
+                     f"(default {default!r})")
     return lines

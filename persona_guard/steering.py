@@ -25,12 +25,22 @@ from torch import nn
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import decoder_layers, final_norm
+from persona_guard.schema import bounds
 from persona_guard.vectors import PersonaVector
 
 Operator = Literal["add", "ablate"]
 Positions = Literal["all", "prompt", "response"]
 OPERATORS = ("add", "ablate")
 POSITIONS = ("all", "prompt", "response")
+
+#: The largest |coefficient| any steering flag, recipe or policy accepts. The paper steers with
+#: 0.5-2.5, persona-guard's recipes with up to 8; a thousand already swamps every hidden state, and
+#: far beyond (around 1e18 / ||v||) the hidden states' squared norms overflow and the answer decodes
+#: to nothing, so larger values are refused as typos rather than run.
+MAX_ABS_COEF = 1000.0
+#: field metadata (:func:`persona_guard.schema.bounds`) of every steering coefficient
+COEF_BOUNDS = bounds(ge=-MAX_ABS_COEF, le=MAX_ABS_COEF,
+                     help="steering strength: the vector times this is added (negative suppresses the trait)")
 
 DirectionsLike = PersonaVector | torch.Tensor | Mapping[int, torch.Tensor]
 

@@ -134,27 +134,27 @@ CASES = [
     Case(
         "steer-coef-nan",
         (*STEER, "--vector", "{in}/evil.safetensors", "--coef", "nan"),
-        "argument --coef: 'nan' is not a finite number",
+        "argument --coef: expected a finite number, got 'nan'",
     ),
     Case(
         "steer-coef-minus-inf",
         (*STEER, "--vector", "{in}/evil.safetensors", "--coef=-inf"),
-        "argument --coef: '-inf' is not a finite number",
+        "argument --coef: expected a finite number, got '-inf'",
     ),
     Case(
         "steer-coef-overflow",
         (*STEER, "--vector", "{in}/evil.safetensors", "--coef=-1e309"),
-        "argument --coef: '-1e309' is not a finite number",
+        "argument --coef: expected a finite number, got '-1e309'",
     ),
     Case(
         "steer-coef-overflows-float32",
         (*STEER, "--vector", "{in}/evil.safetensors", "--coef", "1e39"),
-        "coef 1e+39 times the direction for layer 2 is not finite",
+        "argument --coef: must be <= 1000, got 1e+39",  # steering.COEF_BOUNDS
     ),
     Case(
         "steer-temperature-text",
         (*STEER, "--vector", "{in}/evil.safetensors", "--temperature", "hot"),
-        "argument --temperature: 'hot' is not a number",
+        "argument --temperature: expected a finite number, got 'hot'",
     ),
     Case(
         "screen-threshold-nan",
@@ -174,17 +174,17 @@ CASES = [
     Case(
         "monitor-threshold-nan",
         (*MONITOR, "{in}/evil.safetensors", "--threshold", "evil:prompt_last=nan"),
-        "--threshold 'evil:prompt_last=nan': 'nan' is not a finite number",
+        "--threshold 'evil:prompt_last=nan': expected a finite number, got 'nan'",
     ),
     Case(
         "extract-temperature-inf",
         ("extract", "--trait", "evil", "--model", "{in}/model", "--out", "vec", "--temperature", "inf"),
-        "argument --temperature: 'inf' is not a finite",
+        "argument --temperature: expected a finite number, got 'inf'",
     ),
     Case(
         "eval-steer-coef-nan",
         ("eval", "--trait", "evil", "--model", "{in}/model", "--steer-coef", "nan"),
-        "argument --steer-coef: 'nan' is not a finite number",
+        "argument --steer-coef: expected a finite number, got 'nan'",
     ),
     Case(
         "eval-arm-coef-inf",
@@ -204,22 +204,22 @@ CASES = [
             "--out",
             "sel",
         ),
-        "--coefs '0,nan': expected comma-separated finite",
+        "argument --coefs: expected a list of finite numbers, got '0,nan'",
     ),
     Case(
         "demo-prevent-coef-inf",
         ("demo", "--quick", "--out", "demo", "--prevent-coef", "inf"),
-        "argument --prevent-coef: 'inf' is not a finite number",
+        "argument --prevent-coef: expected a finite number, got 'inf'",
     ),
     Case(
         "traits-generate-temperature-nan",
         ("traits", "generate", "--name", "x", "--description", "y", "--temperature", "nan"),
-        "argument --temperature: 'nan' is not a finite",
+        "argument --temperature: expected a finite number, got 'nan'",
     ),
     Case(
         "export-gguf-coef-overflows-float32",
         ("vector", "export-gguf", "{in}/evil.safetensors", "--out", "v.gguf", "--coef", "1e39"),
-        "coef 1e+39 times the vector is not finite",
+        "argument --coef: must be <= 1000, got 1e+39",  # steering.COEF_BOUNDS
     ),
     # -- item 2: non-finite or damaged vector files, at every loader
     Case(
@@ -510,51 +510,70 @@ class Outcome:
     port: int
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, tokenizer) -> dict[str, Outcome]:
-    base = tmp_path_factory.mktemp("bad_input")
+def run_case(case: Case, base: Path, inputs: Path, port: int) -> Outcome:
+    """Run one case in its own folder under ``base`` (``inputs``: :func:`build_inputs`'s folder)."""
+
+    def fill(text: str) -> str:
+        return text.replace("{in}", str(inputs)).replace("{port}", str(port))
+
+    folder = base / case.name
+    folder.mkdir()
+    for name, text in case.setup:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PERSONA_GUARD_CACHE": os.environ.get("PERSONA_GUARD_CACHE", str(Path.home() / ".cache" / "persona-guard")),
+    }
+    for key, value in case.env:
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = fill(value)
+    argv = tuple(fill(a) for a in case.argv)
+    command = [
+        sys.executable,
+        "-c",
+        case.prelude + "import sys\nfrom persona_guard.cli import main\nsys.exit(main(sys.argv[1:]))",
+        *argv,
+    ]
+    before = snapshot(inputs, folder)
+    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    after = snapshot(inputs, folder)
+    return Outcome(case, argv, done.returncode, done.stderr, done.stdout, before, after, inputs, port)
+
+
+def run_cases(base: Path, tokenizer, cases: list[Case]) -> dict[str, Outcome]:
+    """Build the shared inputs under ``base`` and run ``cases``, a few at a time."""
     inputs = base / "inputs"
     inputs.mkdir()
     build_inputs(inputs, tokenizer)
     torch.save(torch.randn(4, 64), inputs / "evil.pt")
     port = closed_port()
-
-    def fill(text: str) -> str:
-        return text.replace("{in}", str(inputs)).replace("{port}", str(port))
-
-    def run(case: Case) -> Outcome:
-        folder = base / case.name
-        folder.mkdir()
-        for name, text in case.setup:
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_text(text)
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "TOKENIZERS_PARALLELISM": "false",
-            "PERSONA_GUARD_CACHE": os.environ.get("PERSONA_GUARD_CACHE", str(Path.home() / ".cache" / "persona-guard")),
-        }
-        for key, value in case.env:
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = fill(value)
-        argv = tuple(fill(a) for a in case.argv)
-        command = [
-            sys.executable,
-            "-c",
-            case.prelude + "import sys\nfrom persona_guard.cli import main\nsys.exit(main(sys.argv[1:]))",
-            *argv,
-        ]
-        before = snapshot(inputs, folder)
-        done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
-        return Outcome(
-            case, argv, done.returncode, done.stderr, done.stdout, before, snapshot(inputs, folder), inputs, port
-        )
-
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        results = list(pool.map(run, CASES))
+        results = list(pool.map(lambda case: run_case(case, base, inputs, port), cases))
     return {outcome.case.name: outcome for outcome in results}
+
+
+def check_outcome(outcome: Outcome) -> None:
+    """Exit status 2, one ``error:`` line holding the case's message, no traceback, nothing changed on disk."""
+    case = outcome.case
+    message = case.message.replace("{in}", str(outcome.inputs)).replace("{port}", str(outcome.port))
+    text = outcome.stderr + outcome.stdout
+    assert "Traceback" not in text, text
+    assert outcome.returncode == 2, text
+    errors = [line for line in outcome.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, outcome.stderr
+    assert errors[0].startswith(f"persona-guard {case.argv[0]}"), errors[0]
+    assert message in errors[0], (message, errors[0])
+    assert outcome.after == outcome.before, "files appeared or changed"
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, tokenizer) -> dict[str, Outcome]:
+    return run_cases(tmp_path_factory.mktemp("bad_input"), tokenizer, CASES)
 
 
 def test_at_least_forty_distinct_cases():
@@ -565,13 +584,4 @@ def test_at_least_forty_distinct_cases():
 def test_bad_input_is_one_clear_line_and_changes_nothing(outcomes, case):
     if case.absent and importlib.util.find_spec(case.absent) is not None:
         pytest.skip(f"{case.absent} is installed here")
-    outcome = outcomes[case.name]
-    message = case.message.replace("{in}", str(outcome.inputs)).replace("{port}", str(outcome.port))
-    text = outcome.stderr + outcome.stdout
-    assert "Traceback" not in text, text
-    assert outcome.returncode == 2, text
-    errors = [line for line in outcome.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, outcome.stderr
-    assert errors[0].startswith(f"persona-guard {case.argv[0]}"), errors[0]
-    assert message in errors[0], (message, errors[0])
-    assert outcome.after == outcome.before, "files appeared or changed"
+    check_outcome(outcomes[case.name])

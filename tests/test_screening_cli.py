@@ -233,12 +233,12 @@ def test_accelerate_two_processes_match_one_process(workspace, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--threshold", "nan"], "argument --threshold: expected a finite number or null, got nan"),
+    (["--threshold", "nan"], "argument --threshold: expected a finite number or null, got 'nan'"),
     (["--temperature", "-1"], "argument --temperature: must be >= 0, got -1.0"),
     (["--n-answers", "two"], "argument --n-answers: expected an integer, got 'two'"),
     (["--top-percent", "150"], "argument --top-percent: must be <= 100, got 150.0"),
     (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
-    (["--judge-threshold", "inf"], "argument --judge-threshold: expected a finite number, got inf"),
+    (["--judge-threshold", "inf"], "argument --judge-threshold: expected a finite number, got 'inf'"),
 ])
 def test_screen_flags_are_checked_by_the_library_schema(tmp_path, capsys, flags, message):
     """The flags come from BaseAnswerSettings / FlagPolicy / ScreeningConfig: the same checks as the

@@ -333,7 +333,7 @@ def test_train_keys_lists_the_schema_from_the_library_dataclasses(capsys):
         main(["train", "--keys"])
     assert exit_info.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "--steering.coef: a finite number (default 5.0)" in lines
+    assert "--steering.coef: a finite number, >= -1000, <= 1000 (default 5.0)" in lines
     assert "--steering.layers: a list of integers or an integer or null, >= 0 (default None)" in lines
     assert "--peft.r: an integer, >= 1 (default 32)" in lines
     assert "--screening.policy.top_percent: a finite number or null, >= 0, <= 100 (default None)" in lines

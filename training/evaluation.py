@@ -29,7 +29,8 @@ from persona_guard.io import read_jsonl
 from persona_guard.judges import JudgeEndpoint
 from persona_guard.metrics import mean_or_none
 from persona_guard.rows import DroppedRow, Sample, read_rows, report_dropped, sort_rows
-from persona_guard.steering import Steering
+from persona_guard.schema import bounds, check, check_value
+from persona_guard.steering import COEF_BOUNDS, Steering
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector
 
@@ -58,27 +59,40 @@ class Arm:
             raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a number") from None
         if not math.isfinite(steer_coef):
             raise PersonaGuardError(f"arm {spec!r}: steering coefficient {coef!r} is not a finite number")
+        try:
+            check_value("steer_coef", float, steer_coef, COEF_BOUNDS)
+        except PersonaGuardError as error:
+            raise PersonaGuardError(f"arm {spec!r}: {error}") from None
         return cls(name, model, adapter or None, steer_coef)
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    samples: int = 1               # answers per eval question
-    max_new_tokens: int = 96
-    temperature: float = 0.0       # 0 = greedy (then one sample per question is enough)
-    max_questions: int | None = None
-    batch_size: int = 8
-    seed: int = 0
+    """How every arm is evaluated; the numeric fields are also flags of ``persona-guard eval`` (checked
+    by :mod:`persona_guard.schema`)."""
+
+    samples: int = field(default=1, metadata=bounds(ge=1, help="answers per eval question"))
+    max_new_tokens: int = field(default=96, metadata=bounds(ge=1, help="tokens per answer"))
+    #: 0 = greedy (then one sample per question is enough)
+    temperature: float = field(default=0.0, metadata=bounds(ge=0, help="sampling temperature; 0 = greedy"))
+    max_questions: int | None = field(default=None, metadata=bounds(ge=1, help="first K eval questions"))
+    batch_size: int = field(default=8, metadata=bounds(ge=1, help="prompts generated together"))
+    seed: int = field(default=0, metadata=bounds(ge=0))
     judge: str = "offline"         # a persona_guard.judges spec, or "none" to skip scoring
     judge_endpoint: JudgeEndpoint = JudgeEndpoint()  # where an openai:<model> judge is served
-    layer: int | None = None       # projection / steering layer (default: the vector's)
+    #: projection / steering layer (default: the vector's)
+    layer: int | None = field(default=None, metadata=bounds(ge=0, help="default: the vector's default layer"))
     benign_path: str | None = None  # held-out chat rows for perplexity (None: skip)
     mc_path: str | None = None     # multiple-choice rows (None: skip)
-    max_benign: int | None = 40
+    max_benign: int | None = field(default=40, metadata=bounds(ge=1, help="benign rows for perplexity"))
     device: str | None = None
     dtype: str | None = None
     lm_eval_tasks: tuple[str, ...] = ()  # lm-eval task names or task YAML files (needs `pip install lm-eval`)
-    lm_eval_limit: int | None = None     # examples per lm-eval task (None: all)
+    #: examples per lm-eval task (None: all)
+    lm_eval_limit: int | None = field(default=None, metadata=bounds(ge=1, help="examples per lm-eval task"))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass

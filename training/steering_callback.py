@@ -26,7 +26,7 @@ from transformers import TrainerCallback
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import decoder_layers, model_device, unwrap_model
 from persona_guard.schema import FieldError, bounds, check
-from persona_guard.steering import Operator, Steering
+from persona_guard.steering import COEF_BOUNDS, Operator, Steering
 from persona_guard.vectors import PersonaVector
 
 MultiLayerMode = Literal["incremental", "independent"]
@@ -47,7 +47,7 @@ class SteeringSettings:
     """
 
     layers: tuple[int, ...] | int | None = field(default=None, metadata=bounds(ge=0))
-    coef: float = 5.0
+    coef: float = field(default=5.0, metadata=COEF_BOUNDS)
     schedule: ScheduleKind = "constant"
     warmup_steps: int = field(default=0, metadata=bounds(ge=0))
     warmup_ratio: float = field(default=0.0, metadata=bounds(ge=0, le=1))

@@ -13,13 +13,19 @@ from persona_guard.commands.common import (
     add_force_argument,
     add_judge_arguments,
     add_model_arguments,
-    finite_float,
     judge_endpoint,
     preflight,
 )
+from persona_guard.schema import add_arguments, flag_type, from_args
+from persona_guard.steering import COEF_BOUNDS
+from persona_guard.training.evaluation import EvalSettings
 
 BUNDLED_BENIGN = "benign_heldout.jsonl"
 BUNDLED_MC = "capability_mc.jsonl"
+#: library field -> command-line flag
+EVAL_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "layer", "samples", "temperature", "max_new_tokens", "max_questions", "batch_size", "seed", "max_benign",
+    "lm_eval_limit")}
 
 
 def capability_path(option: str | None, bundled_name: str, what: str) -> str | None:
@@ -40,7 +46,7 @@ def capability_path(option: str | None, bundled_name: str, what: str) -> str | N
 def run(args) -> int:
     from persona_guard.errors import PersonaGuardError
     from persona_guard.files import refuse_overwrite
-    from persona_guard.training.evaluation import Arm, EvalSettings, compare, results_table
+    from persona_guard.training.evaluation import Arm, compare, results_table
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
 
@@ -52,19 +58,22 @@ def run(args) -> int:
     refuse_overwrite([out / "results.json", out / "results.md", out / "comparison.png"], args.force)
     trait = load_trait(args.trait)
     vector = PersonaVector.load(args.vector) if args.vector else None
+    if vector is not None:
+        vector.resolve_layer(args.layer)  # a layer the vector lacks fails before any model loads
+    for flag, path in (("--benign", args.benign), ("--mc", args.mc)):
+        if path not in (None, "none") and not Path(path).is_file():
+            raise PersonaGuardError(f"{flag} {path}: file not found")
     for arm in arms:
         preflight(model=arm.model)
         if arm.adapter and not (Path(arm.adapter) / "adapter_config.json").is_file():
             raise PersonaGuardError(f"arm {arm.name!r}: adapter dir {arm.adapter} holds no adapter_config.json")
     preflight(judge=(args.judge, judge_endpoint(args)) if args.judge != "none" else None, outputs=[out],
               packages=[("lm_eval", "--lm-eval-task")] if args.lm_eval_task else [])
-    settings = EvalSettings(
-        samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        max_questions=args.max_questions, batch_size=args.batch_size, seed=args.seed, judge=args.judge,
-        judge_endpoint=judge_endpoint(args),
-        layer=args.layer, benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
-        mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"), max_benign=args.max_benign,
-        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task), lm_eval_limit=args.lm_eval_limit)
+    settings = from_args(
+        EvalSettings, args, EVAL_FLAGS, judge=args.judge, judge_endpoint=judge_endpoint(args),
+        benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
+        mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"),
+        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task))
     results = compare(arms, trait, vector, settings, args.out)
     print(results_table(results))
     print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")
@@ -77,29 +86,22 @@ def register(subparsers) -> None:
         description=__doc__)
     add_model_arguments(parser)
     parser.add_argument("--adapter", default=None, help="LoRA adapter dir to load on --model")
-    parser.add_argument("--steer-coef", type=finite_float, default=None,
-                        help="steer with the vector at inference (negative suppresses the trait)")
+    parser.add_argument("--steer-coef", type=flag_type("steer_coef", float, COEF_BOUNDS), default=None,
+                        help="steer with the vector at inference (negative suppresses the trait; "
+                             f"|coef| <= {COEF_BOUNDS['le']:g})")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=MODEL[:ADAPTER][@COEF]",
                         help="compare mode: one arm per --arm")
     parser.add_argument("--trait", required=True, help="bundled trait name or trait JSON/YAML path")
     parser.add_argument("--vector", default=None, help="persona vector for projections and inference steering")
-    parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
     add_judge_arguments(parser, default="offline", none="skip trait scoring")
-    parser.add_argument("--samples", type=int, default=1, help="answers per eval question")
-    parser.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--max-questions", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser, EvalSettings, EVAL_FLAGS)  # types, defaults, ranges, help: the dataclass's
     parser.add_argument("--benign", default=None, help="held-out chat JSONL for perplexity ('none' skips; "
                                                        "default: bundled benign_heldout.jsonl)")
     parser.add_argument("--lm-eval-task", action="append", default=[], metavar="TASK",
                         help="also run an lm-eval task (name such as mmlu, or a task YAML file; repeatable; "
                              "needs `pip install lm-eval`)")
-    parser.add_argument("--lm-eval-limit", type=int, default=None, help="examples per lm-eval task")
     parser.add_argument("--mc", default=None, help="multiple-choice JSONL ('none' skips; default: bundled "
                                                    "capability_mc.jsonl)")
-    parser.add_argument("--max-benign", type=int, default=40)
     parser.add_argument("--out", default="eval_results", help="output directory")
     add_force_argument(parser)
     parser.set_defaults(func=run)

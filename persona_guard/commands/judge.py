@@ -34,11 +34,11 @@ def report(traits: list[str]) -> int:
 def score_file(args) -> int:
     """One output line per answer: a preference row gives two, each with its ``side``."""
     out = Path(args.out) if args.out else Path(args.input).with_suffix(".judged.jsonl")
+    preflight(judge=(args.judge, judge_endpoint(args)), files=[out])
     refuse_overwrite([out], args.force)
     trait = load_trait(args.trait)
     rows = strict_rows(read_rows(args.input), need="answer")
     samples = [(row, sample) for row in rows for sample in row.samples]
-    preflight(judge=(args.judge, judge_endpoint(args)), outputs=[out.parent])
     scores = judge_from_args(args).score(trait, [(last_user_turn(s.prompt), s.response) for _, s in samples])
     write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
                        "judge": {"trait": s.trait, "coherence": s.coherence, "refusal": s.refusal}}

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from persona_guard.commands.common import add_force_argument, add_model_arguments, finite_float, preflight
+from persona_guard.commands.common import add_force_argument, add_model_arguments, preflight
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
 from persona_guard.io import write_jsonl
 from persona_guard.models import load_model
 from persona_guard.monitor import PersonaMonitor, Threshold
 from persona_guard.rows import read_rows, strict_rows
+from persona_guard.schema import bounds, flag_type
 from persona_guard.vectors import PersonaVector
 
 
@@ -32,7 +33,7 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
                 raise PersonaGuardError(f"--threshold {spec!r}: unknown key {key!r} "
                                         "(use prompt_last= or response_mean=)")
             try:
-                values[key] = finite_float(value)
+                values[key] = flag_type(key, float)(value)
             except ArgumentTypeError as error:
                 raise PersonaGuardError(f"--threshold {spec!r}: {error}") from None
         if not trait or not values:
@@ -41,16 +42,27 @@ def parse_thresholds(specs: list[str]) -> dict[str, Threshold]:
     return thresholds
 
 
+def check_threshold_traits(thresholds: dict[str, Threshold], vectors: list[PersonaVector]) -> None:
+    """A ``--threshold`` for a trait none of the vectors has would silently never fire: refuse it."""
+    unknown = sorted(set(thresholds) - {vector.trait for vector in vectors})
+    if unknown:
+        raise PersonaGuardError(f"--threshold names trait(s) {', '.join(unknown)} but the vectors are "
+                                f"{', '.join(vector.trait for vector in vectors)}")
+
+
 def run(args) -> int:
     if args.conversations == "calibrate":
         return calibrate(args)
+    if args.policy or args.set:
+        raise PersonaGuardError("--policy and --set are for 'monitor calibrate'")
     out = Path(args.out) if args.out else Path(args.conversations).with_suffix(".monitor.jsonl")
+    preflight(model=args.model, files=[out])
     refuse_overwrite([out], args.force)
     thresholds = parse_thresholds(args.threshold)
     rows = strict_rows(read_rows(args.conversations), need="prompt")
     samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
-    preflight(model=args.model, outputs=[out.parent])
+    check_threshold_traits(thresholds, vectors)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
@@ -77,13 +89,11 @@ def calibrate(args) -> int:
 
     if not args.policy:
         raise PersonaGuardError("monitor calibrate: --policy FILE is required (it is created or updated)")
-    if not 0 < args.percentile <= 100:
-        raise PersonaGuardError(f"--percentile must be in (0, 100], got {args.percentile}")
+    if args.threshold:
+        raise PersonaGuardError("monitor calibrate: --threshold is not used (calibration writes the thresholds)")
+    preflight(model=args.model, files=[args.policy])
     policy_path = Path(args.policy)
-    if policy_path.is_dir():
-        raise PersonaGuardError(f"--policy {policy_path} is a folder; pass a policy file to create or update")
-    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()  # a broken policy fails before work
-    preflight(model=args.model, outputs=[policy_path.parent])
+    policy = Policy.load(policy_path) if policy_path.is_file() else Policy()
     source = Path(args.set) if args.set else dataset_path("benign_heldout.jsonl")
     conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
                      for sample in row.samples]
@@ -123,15 +133,17 @@ def register(subparsers) -> None:
                         "write thresholds into --policy")
     parser.add_argument("--vector", action="append", required=True, help="vector file (repeatable)")
     add_model_arguments(parser)
-    parser.add_argument("--layer", type=int, default=None, help="override every vector's default layer")
+    parser.add_argument("--layer", type=flag_type("layer", int, bounds(ge=0)), default=None,
+                        help="override every vector's default layer")
     parser.add_argument("--threshold", action="append", default=[],
                         help="TRAIT:prompt_last=X[,response_mean=Y] (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=flag_type("batch_size", int, bounds(ge=1)), default=8,
+                        help="conversations per forward pass (default 8)")
     parser.add_argument("--out", default=None, help="output JSONL (default: INPUT.monitor.jsonl)")
     parser.add_argument("--policy", default=None, help="calibrate: policy YAML to create or update")
     parser.add_argument("--set", default=None,
                         help="calibrate: benign conversations JSONL (default: the bundled benign_heldout set)")
-    parser.add_argument("--percentile", type=float, default=99.0,
+    parser.add_argument("--percentile", type=flag_type("percentile", float, bounds(gt=0, le=100)), default=99.0,
                         help="calibrate: thresholds at this percentile of the benign readings (default 99)")
     add_force_argument(parser)
     parser.set_defaults(func=run)

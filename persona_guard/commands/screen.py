@@ -14,7 +14,7 @@ from persona_guard.commands.common import (
 )
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
-from persona_guard.schema import add_arguments, values_from_args
+from persona_guard.schema import add_arguments, from_args, values_from_args
 from persona_guard.screening.base_answers import AnswerCache, BaseAnswerSettings
 from persona_guard.screening.policy import FlagPolicy
 from persona_guard.screening.scorer import ScreeningConfig
@@ -31,7 +31,7 @@ SCREENING_FLAGS = {**CACHE_FLAGS, **BATCHING_FLAGS, **JUDGE_FLAGS}
 
 
 def _layer_overrides(specs: list[str], traits: list[str]) -> dict[str, int]:
-    """``--layer 15`` (every vector) or ``--layer evil=15`` (one trait)."""
+    """``--layer 15`` (every vector) or ``--layer evil=15`` (one trait, which a vector must have)."""
     overrides = {}
     for spec in specs:
         trait, sep, value = spec.rpartition("=")
@@ -39,6 +39,10 @@ def _layer_overrides(specs: list[str], traits: list[str]) -> dict[str, int]:
             layer = int(value)
         except ValueError:
             raise PersonaGuardError(f"--layer {spec!r}: expected L or TRAIT=L with an integer L") from None
+        if layer < 0:
+            raise PersonaGuardError(f"--layer {spec!r}: a layer is a hidden_states index >= 0")
+        if sep and trait not in traits:
+            raise PersonaGuardError(f"--layer {spec!r}: no vector for trait {trait!r} (vectors: {', '.join(traits)})")
         for name in ([trait] if sep else traits):
             overrides[name] = layer
     return overrides
@@ -88,20 +92,21 @@ def run(args) -> int:
     packages = [("vllm", "--backend vllm")] if args.backend == "vllm" else []
     packages += [("wandb", "--wandb-project")] if args.wandb_project else []
     preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.judge else None,
-              outputs=[out], packages=packages)
+              outputs=[out], files=[args.export_prompts] if args.export_prompts else [], packages=packages)
+    config = from_args(
+        ScreeningConfig, args, SCREENING_FLAGS,
+        mode="fast" if args.no_generate else "exact",
+        layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
+        base_answers=from_args(BaseAnswerSettings, args, BASE_ANSWER_FLAGS),
+        policy=policy, checkpoint_dir=str(shards),
+        base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
+        layers_path=args.layers_path,
+        progress=processes.is_main)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
     usable, dropped = classify_rows(raw_rows)
     if not usable:
         refuse_unscreenable(dropped, out, source=str(args.data))
-    config = ScreeningConfig(
-        mode="fast" if args.no_generate else "exact",
-        layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
-        base_answers=BaseAnswerSettings(**values_from_args(args, BASE_ANSWER_FLAGS)),
-        policy=policy, **values_from_args(args, SCREENING_FLAGS), checkpoint_dir=str(shards),
-        base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
-        layers_path=args.layers_path,
-        progress=processes.is_main)
     if config.mode == "exact" and not args.base_answers and not args.export_prompts:
         AnswerCache(config.answer_cache_path)  # a damaged cache fails now, not after loading the model
     if args.force and processes.is_main and shards.exists():

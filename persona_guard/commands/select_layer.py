@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentTypeError
 from pathlib import Path
 
 from persona_guard.commands.common import (
     add_force_argument,
     add_judge_arguments,
     add_model_arguments,
-    finite_float,
     judge_endpoint,
     judge_from_args,
     preflight,
 )
-from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
 from persona_guard.layer_selection import (
     LayerSelectionConfig,
@@ -24,25 +21,20 @@ from persona_guard.layer_selection import (
     store_choice,
 )
 from persona_guard.models import load_model
+from persona_guard.schema import add_arguments, from_args
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
 
-
-def number_list(text: str, kind, flag: str) -> tuple:
-    try:
-        return tuple(kind(item) for item in text.split(",") if item.strip())
-    except (ValueError, ArgumentTypeError):
-        raise PersonaGuardError(f"{flag} {text!r}: expected comma-separated finite numbers") from None
+#: library field -> command-line flag
+SELECTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "layers", "coefs", "questions", "max_new_tokens", "batch_size", "seed", "coherence_threshold")}
 
 
 def run(args) -> int:
+    config = from_args(LayerSelectionConfig, args, SELECTION_FLAGS, layers_path=args.layers_path)
     vector = PersonaVector.load(args.vector)
     trait = load_trait(args.trait or vector.trait)
     check_same_trait(vector, trait)
-    config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
-                                  coefs=number_list(args.coefs, finite_float, "--coefs"), questions=args.questions,
-                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                                  coherence_threshold=args.coherence_threshold, layers_path=args.layers_path)
     out = Path(args.out) if args.out else Path(args.vector).parent
     stem = selection_stem(out, vector.trait)
     refuse_overwrite([stem.with_suffix(suffix) for suffix in (".csv", ".md", ".png")], args.force)
@@ -66,13 +58,7 @@ def register(subparsers) -> None:
     parser.add_argument("--trait", default=None, help="trait name or file (default: the vector's trait)")
     add_model_arguments(parser)
     parser.set_defaults(model=None)
-    parser.add_argument("--layers", default="8,12,15,20", help="comma-separated layers to try")
-    parser.add_argument("--coefs", default="0,2,4,8", help="comma-separated steering coefficients")
-    parser.add_argument("--questions", type=int, default=5, help="first K eval questions (default 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--coherence-threshold", type=finite_float, default=50.0)
+    add_arguments(parser, LayerSelectionConfig, SELECTION_FLAGS)  # types, defaults, ranges, help: the dataclass's
     parser.add_argument("--out", default=None, help="where tables and the heat map go (default: the vector's dir)")
     parser.add_argument("--no-save", action="store_true", help="do not write the choice back into the vector")
     add_judge_arguments(parser)

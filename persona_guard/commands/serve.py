@@ -7,13 +7,19 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
-from persona_guard.commands.common import add_model_arguments, preflight
+from persona_guard.commands.common import add_model_arguments, http_url, preflight
 from persona_guard.commands.monitor import parse_thresholds
 from persona_guard.errors import PersonaGuardError
+from persona_guard.schema import add_arguments, bounds, flag_type, from_args
+from persona_guard.server.app import ServerConfig
 from persona_guard.server.policy import ACTIONS, Policy
 from persona_guard.vectors import PersonaVector
 
 API_KEY_ENV = "PERSONA_GUARD_API_KEY"
+#: library field -> command-line flag
+SERVER_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "max_tokens_cap", "max_body_bytes", "batch_window_ms", "max_batch_rows", "audit_log", "log_content",
+    "allow_unmonitored")}
 
 
 def build_policy(args) -> tuple[Policy, dict[str, tuple[PersonaVector, int]]]:
@@ -63,21 +69,12 @@ def run(args) -> int:
     import uvicorn
 
     from persona_guard.models import load_model
-    from persona_guard.server.app import ServerConfig, create_app, local_service
+    from persona_guard.server.app import create_app, local_service
 
-    preflight(model=args.model)
+    preflight(model=args.model, files=[args.audit_log] if args.audit_log else [])
+    config = from_args(ServerConfig, args, SERVER_FLAGS, model_name=args.served_model_name or args.model,
+                       api_key=read_api_key(args))
     policy, watched = build_policy(args)
-    config = ServerConfig(
-        model_name=args.served_model_name or args.model,
-        max_tokens_cap=args.max_tokens_cap,
-        max_body_bytes=args.max_body_bytes,
-        batch_window_s=args.batch_window_ms / 1000,
-        max_batch_rows=args.max_batch_rows,
-        api_key=read_api_key(args),
-        audit_log=args.audit_log,
-        log_content=args.log_content,
-        allow_unmonitored=args.allow_unmonitored,
-    )
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     for vector, _ in watched.values():
         vector.check_model(loaded.model)
@@ -149,38 +146,22 @@ def register(subparsers) -> None:
         default=[],
         help="TRAIT:prompt_last=X[,response_mean=Y] (repeatable; overrides the policy file)",
     )
-    parser.add_argument("--webhook", default=None, help="URL that receives a JSON POST per alert (action alert)")
+    parser.add_argument("--webhook", type=http_url, default=None,
+                        help="URL that receives a JSON POST per alert (action alert)")
     parser.add_argument("--served-model-name", default=None, help="model id clients send (default: --model)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument("--port", type=flag_type("port", int, bounds(ge=0, le=65535)), default=8000,
+                        help="port (0 picks a free one; default 8000)")
     parser.add_argument(
         "--api-key-env",
         default=API_KEY_ENV,
         help=f"environment variable holding the bearer key clients must send (default: {API_KEY_ENV}; unset: no key)",
     )
     parser.add_argument("--api-key-file", default=None, help="file holding the bearer key (wins over --api-key-env)")
-    parser.add_argument("--max-tokens-cap", type=int, default=2048, help="largest max_tokens a request may ask for")
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 above)")
-    parser.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=10.0,
-        help="how long the first request of a batch waits for others to join",
-    )
-    parser.add_argument("--max-batch-rows", type=int, default=32, help="most answers generated in one batch")
-    parser.add_argument("--audit-log", default=None, help="JSONL file receiving one line per alert")
-    parser.add_argument(
-        "--log-content",
-        action="store_true",
-        help="include the messages and the answer in audit-log lines and webhook events",
-    )
-    parser.add_argument(
-        "--allow-unmonitored",
-        action="store_true",
-        help='let a request turn readings off with "persona_guard": {"monitor": false} (benchmarks)',
-    )
+    add_arguments(parser, ServerConfig, SERVER_FLAGS)  # types, defaults, ranges, help: the dataclass's
     parser.add_argument(
         "--upstream",
+        type=http_url,
         default=None,
         metavar="URL",
         help="forward requests to this OpenAI-compatible base URL (ending in /v1) and read the "

@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from persona_guard.commands.common import add_model_arguments, finite_float, preflight
+from persona_guard.commands.common import add_model_arguments, preflight
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
-from persona_guard.steering import OPERATORS, POSITIONS, Steering
+from persona_guard.schema import add_arguments, bounds, flag_type, from_args
+from persona_guard.steering import COEF_BOUNDS, OPERATORS, POSITIONS, Steering
 from persona_guard.vectors import PersonaVector
+
+#: library field -> command-line flag
+GENERATION_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "seed": "--seed"}
 
 
 def side_by_side(left_title: str, left: str, right_title: str, right: str, width: int) -> str:
@@ -24,16 +28,15 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str, width
 
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
+    layer = vector.resolve_layer(args.layer)  # a layer the vector lacks fails before the model loads
     preflight(model=args.model)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     vector.check_model(loaded.model)
-    layer = vector.resolve_layer(args.layer)
     prompt = []
     if args.system:
         prompt.append({"role": "system", "content": args.system})
     prompt.append({"role": "user", "content": args.prompt})
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              batch_size=1, seed=args.seed)
+    config = from_args(GenerationConfig, args, GENERATION_FLAGS, batch_size=1)
     steering = Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
                         positions=args.positions, layers_path=args.layers_path)  # checked before generating
     plain = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
@@ -49,13 +52,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("steer", help="compare unsteered and steered answers to a prompt")
     add_model_arguments(parser)
     parser.add_argument("--vector", required=True, help="persona vector .safetensors (or paper .pt)")
-    parser.add_argument("--layer", type=int, default=None, help="default: the vector's default layer")
-    parser.add_argument("--coef", type=finite_float, default=4.0, help="steering strength; negative suppresses")
+    parser.add_argument("--layer", type=flag_type("layer", int, bounds(ge=0)), default=None,
+                        help="hidden_states index (default: the vector's default layer)")
+    parser.add_argument("--coef", type=flag_type("coef", float, COEF_BOUNDS), default=4.0,
+                        help=f"{COEF_BOUNDS['help']} (|coef| <= {COEF_BOUNDS['le']:g}, default 4)")
     parser.add_argument("--operator", choices=OPERATORS, default="add")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--system", default=None, help="optional system prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=finite_float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser, GenerationConfig, GENERATION_FLAGS)
     parser.set_defaults(func=run)

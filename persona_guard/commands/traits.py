@@ -82,8 +82,8 @@ def run_validate(args) -> int:
 
 
 def run_import_reference(args) -> int:
+    preflight(files=[args.out])
     refuse_overwrite([args.out], args.force)
-    preflight(outputs=[Path(args.out).parent])
     trait = load_reference_trait(args.extract, args.eval, name=args.name, antonym=args.antonym)
     out = trait.save(args.out)
     print(f"wrote {out}  (trait '{trait.name}', no exemplars: the paper format has none)")

@@ -1,6 +1,6 @@
 """The FastAPI app of ``persona-guard serve`` and its batching worker.
 
-Requests that arrive within ``batch_window_s`` of each other are generated as one batch by a single
+Requests that arrive within ``batch_window_ms`` of each other are generated as one batch by a single
 worker thread (a model on one device gains nothing from running two batches at once). Each answer
 carries a ``persona_guard`` field (see docs/serving.md)::
 
@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
+from persona_guard.schema import bounds, check
 from persona_guard.server.engine import Engine, RowResult, RowSpec
 from persona_guard.server.observe import AuditLog, Feed, Metrics, Webhook
 from persona_guard.server.policy import Policy, TraitVerdict, verdict
@@ -55,15 +56,25 @@ REFUSAL = "I can't help with this request: persona-guard blocked it ({reasons}).
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server's limits and switches; most fields are also flags of ``persona-guard serve`` (checked by
+    :mod:`persona_guard.schema`)."""
+
     model_name: str
-    max_tokens_cap: int = 2048
-    max_body_bytes: int = 1 << 20
-    batch_window_s: float = 0.01
-    max_batch_rows: int = 32
+    max_tokens_cap: int = field(default=2048, metadata=bounds(
+        ge=1, help="largest max_tokens a request may ask for (400 above)"))
+    max_body_bytes: int = field(default=1 << 20, metadata=bounds(ge=1, help="largest request body (413 above)"))
+    batch_window_ms: float = field(default=10.0, metadata=bounds(
+        ge=0, le=60_000, help="how long the first request of a batch waits for others to join, in ms"))
+    max_batch_rows: int = field(default=32, metadata=bounds(ge=1, help="most answers generated in one batch"))
     api_key: str | None = field(default=None, repr=False)
-    audit_log: str | None = None
-    log_content: bool = False
-    allow_unmonitored: bool = False
+    audit_log: str | None = field(default=None, metadata=bounds(help="JSONL file receiving one line per alert"))
+    log_content: bool = field(default=False, metadata=bounds(
+        help="include the messages and the answer in audit-log lines and webhook events"))
+    allow_unmonitored: bool = field(default=False, metadata=bounds(
+        help='let a request turn readings off with "persona_guard": {"monitor": false} (benchmarks)'))
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass
@@ -559,7 +570,7 @@ def local_service(
     backend = LocalBackend(
         Engine(model, tokenizer, vectors, layers_path=layers_path),
         policy,
-        window_s=config.batch_window_s,
+        window_s=config.batch_window_ms / 1000,
         max_rows=config.max_batch_rows,
         metrics=metrics,
         layers_path=layers_path,
