@@ -166,10 +166,12 @@ def vllm_world(vllm_python, smollm, smollm_dir, tmp_path_factory):
             "log": log,
         }
     finally:
-        if guard is not None:
-            guard.terminate()
-            guard.wait(timeout=30)
-        _stop_group(vllm)
+        try:
+            if guard is not None:
+                guard.terminate()
+                guard.wait(timeout=30)
+        finally:
+            _stop_group(vllm)
 
 
 def _vllm_answer(world, prompt: str):
