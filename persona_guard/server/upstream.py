@@ -5,9 +5,10 @@ of the same model by one teacher-forced forward over prompt + answer
 (:func:`persona_guard.activations.capture_activations`, ``prompt_last`` and ``response_mean``), which
 gives the numbers a local server reads during generation for the same tokens. The answer's tokens
 are the upstream's own ids when it returns them (``--upstream-token-ids``: vLLM's
-``return_token_ids``), else the answer text re-tokenized (a token boundary may then differ from
-the one generated). ``block`` reads the forecast first, from a forward over the prompt, and never
-forwards a blocked request; ``steer`` needs the local model's forward passes and is refused here.
+``return_token_ids``, less the EOS that ends them, which a local reading never counts), else the
+answer text re-tokenized (a token boundary may then differ from the one generated). ``block`` reads
+the forecast first, from a forward over the prompt, and never forwards a blocked request; ``steer``
+needs the local model's forward passes and is refused here.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class UpstreamBackend:
         self.policy = policy
         self.upstream_model = upstream_model
         self.token_ids = token_ids
+        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.stop_ids = frozenset(eos)  # as persona_guard.server.engine.Engine's
         self.layers_path = layers_path
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=url.rstrip("/") + "/", timeout=timeout, headers=headers)
@@ -190,15 +196,19 @@ class UpstreamBackend:
             raise RequestError(
                 f"upstream unreachable: {type(error).__name__}", status=502, kind="upstream_error"
             ) from None
-        answers = [
-            ids[i] if ids[i] is not None else self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
-            for i in range(params.n)
-        ]
+        answers = [self._answer_ids(ids[i], texts[i]) for i in range(params.n)]
         readings = await asyncio.to_thread(self.read, prompt_ids, answers) if params.monitor else [({}, {})] * params.n
         yield (
             "done",
             [ChoiceOutcome(texts[i], answers[i], finish[i], logprobs[i], *readings[i]) for i in range(params.n)],
         )
+
+    def _answer_ids(self, ids: list[int] | None, text: str) -> list[int]:
+        """The answer's tokens as the local engine counts them: vLLM's ``token_ids`` end with the EOS
+        that stopped the answer, which a local reading never includes."""
+        if ids is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[:-1] if ids and ids[-1] in self.stop_ids else ids
 
     @staticmethod
     def _raise(reply: httpx.Response) -> None:
