@@ -22,6 +22,7 @@ from persona_guard.files import atomic_path, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge
 from persona_guard.metrics import mean_or_none
+from persona_guard.models import LoadedModel
 from persona_guard.steering import Steering
 from persona_guard.traits import Trait
 from persona_guard.vectors import PersonaVector
@@ -37,7 +38,6 @@ class LayerSelectionConfig:
     batch_size: int = 8
     seed: int = 0
     coherence_threshold: float = 50.0
-    layers_path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -70,10 +70,11 @@ class LayerSelection:
     chosen_cell: Cell | None = None  # the steered cell behind the choice (None: held-out fallback)
 
 
-def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
+def select_layer(loaded: LoadedModel, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
                  config: LayerSelectionConfig, *, progress: bool = True) -> LayerSelection:
     """Steer at each layer x coef, judge, choose; write CSV + Markdown tables and a heat map."""
-    vector.check_model(model)
+    vector.check_model(loaded)
+    model, tokenizer = loaded.model, loaded.tokenizer
     for layer in config.layers:
         if not 0 <= layer <= vector.num_layers:
             raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 0..{vector.num_layers}")
@@ -92,8 +93,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     baseline = measure(generate_responses(model, tokenizer, prompts, generation, progress=False))
     heuristic = {}
     if trait.heldout_exemplars():
-        heuristic = heldout_separation(vector, model, tokenizer, trait, config.layers,
-                                       batch_size=config.batch_size, layers_path=config.layers_path,
+        heuristic = heldout_separation(vector, loaded, trait, config.layers, batch_size=config.batch_size,
                                        progress=False)
     cells = []
     steered_cells = [(l, c) for l in config.layers for c in config.coefs if c != 0]
@@ -104,7 +104,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
                 if coef == 0:
                     trait_score, coherence, scored = baseline
                 else:
-                    with Steering(model, vector, layers=layer, coef=coef, layers_path=config.layers_path):
+                    with Steering(loaded.layers, vector, layers=layer, coef=coef):
                         answers = generate_responses(model, tokenizer, prompts, generation, progress=False)
                     trait_score, coherence, scored = measure(answers)
                     bar.update(1)

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -76,12 +77,12 @@ def test_loaded_model_locates_its_layers_once_with_the_override(tmp_path, tokeni
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     loaded = load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.layers")
-    assert loaded.layers is loaded.model.model.layers and loaded.num_layers == 3
+    assert loaded.layers.blocks is loaded.model.model.layers and loaded.num_layers == 3
     tiny_vector(loaded.model).check_model(loaded)
     # a 2-block list named by the override: a 3-layer vector no longer fits
     loaded.model.model.short = nn.ModuleList(list(loaded.model.model.layers)[:2])
     with pytest.raises(PersonaGuardError, match="3 layers, but .* has hidden size 64 and 2 layers"):
-        tiny_vector(loaded.model).check_model(loaded.model, "model.short")
+        tiny_vector(loaded.model).check_model(replace(loaded, layers_path="model.short"))
     with pytest.raises(PersonaGuardError, match="no nn.ModuleList at 'model.nope'"):
         load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.nope")
 

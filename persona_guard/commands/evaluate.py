@@ -64,7 +64,8 @@ def run(args) -> int:
         judge_endpoint=judge_endpoint(args),
         layer=args.layer, benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
         mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"), max_benign=args.max_benign,
-        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task), lm_eval_limit=args.lm_eval_limit)
+        device=args.device, dtype=args.dtype, layers_path=args.layers_path, lm_eval_tasks=tuple(args.lm_eval_task),
+        lm_eval_limit=args.lm_eval_limit)
     results = compare(arms, trait, vector, settings, args.out)
     print(results_table(results))
     print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")

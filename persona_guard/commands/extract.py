@@ -32,11 +32,10 @@ def run(args) -> int:
                               temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
                               pos_threshold=args.pos_threshold, neg_threshold=args.neg_threshold,
                                coherence_threshold=args.coherence_threshold,
-                              min_pairs=args.min_pairs, layers_path=args.layers_path)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+                              min_pairs=args.min_pairs)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     judge = judge_from_args(args) if args.source == "generate" else None
-    result = extract_vector(loaded.model, loaded.tokenizer, trait, out, model_id=args.model, judge=judge,
-                            config=config)
+    result = extract_vector(loaded, trait, out, judge=judge, config=config)
     pairs = result.report["pairs"]
     print(f"{trait.name}: kept {pairs['kept']} of {pairs['total']} pairs"
           + (f" (dropped: {pairs['drop_reasons']})" if pairs["dropped"] else ""))

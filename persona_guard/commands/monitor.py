@@ -51,11 +51,9 @@ def run(args) -> int:
     samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
     preflight(model=args.model, outputs=[out.parent])
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
-    monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
-                             thresholds=thresholds, batch_size=args.batch_size,
-                             layers_path=args.layers_path)
+    monitor = PersonaMonitor(loaded, vectors, layers=layers, thresholds=thresholds, batch_size=args.batch_size)
     readings = monitor.read([sample.conversation for _, sample in samples])
     write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
                        "persona_monitor": reading.to_dict()} for (row, sample), reading in zip(samples, readings)])
@@ -83,10 +81,9 @@ def calibrate(args) -> int:
     conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
                      for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
-    monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers, batch_size=args.batch_size,
-                             layers_path=args.layers_path)
+    monitor = PersonaMonitor(loaded, vectors, layers=layers, batch_size=args.batch_size)
     readings = monitor.read(conversations)
     policy_path = Path(args.policy)
     policy = Policy.load(policy_path) if policy_path.is_file() else Policy()

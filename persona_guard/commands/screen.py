@@ -93,16 +93,15 @@ def run(args) -> int:
         shutil.rmtree(shards)
     processes.barrier()
     device = processes.state.device if processes.state is not None else args.device
-    loaded = load_model(args.model, device=device, dtype=args.dtype)
+    loaded = load_model(args.model, device=device, dtype=args.dtype, layers_path=args.layers_path)
     config = ScreeningConfig(
         mode="fast" if args.no_generate else "exact",
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
         base_answers=BaseAnswerSettings(**values_from_args(args, BASE_ANSWER_FLAGS)),
         policy=policy, **values_from_args(args, SCREENING_FLAGS), checkpoint_dir=str(shards),
         base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
-        layers_path=args.layers_path,
         progress=processes.is_main)
-    screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
+    screener = Screener(loaded, vectors, config)
     if args.export_prompts:
         if processes.is_main:
             count = screener.export_prompts(raw_rows, args.export_prompts, reference=reference_rows)

@@ -35,13 +35,14 @@ def run(args) -> int:
     config = LayerSelectionConfig(layers=number_list(args.layers, int, "--layers"),
                                   coefs=number_list(args.coefs, finite_float, "--coefs"), questions=args.questions,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                                  coherence_threshold=args.coherence_threshold, layers_path=args.layers_path)
+                                  coherence_threshold=args.coherence_threshold)
     out = Path(args.out) if args.out else Path(args.vector).parent
     stem = selection_stem(out, vector.trait)
     refuse_overwrite([stem.with_suffix(suffix) for suffix in (".csv", ".md", ".png")], args.force)
     preflight(model=args.model or vector.model_id, judge=(args.judge, judge_endpoint(args)), outputs=[out])
-    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
-    selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge_from_args(args), out, config)
+    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype,
+                        layers_path=args.layers_path)
+    selection = select_layer(loaded, vector, trait, judge_from_args(args), out, config)
     print(selection.table_md.read_text(encoding="utf-8"))
     print(f"unsteered trait score: {selection.baseline_trait}")
     print(f"chosen layer {selection.chosen_layer}: {selection.rule}")

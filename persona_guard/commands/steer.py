@@ -25,8 +25,8 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str, width
 def run(args) -> int:
     vector = PersonaVector.load(args.vector)
     preflight(model=args.model)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    vector.check_model(loaded.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
+    vector.check_model(loaded)
     layer = vector.resolve_layer(args.layer)
     prompt = []
     if args.system:
@@ -34,8 +34,8 @@ def run(args) -> int:
     prompt.append({"role": "user", "content": args.prompt})
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               batch_size=1, seed=args.seed)
-    steering = Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
-                        positions=args.positions, layers_path=args.layers_path)  # checked before generating
+    steering = Steering(loaded.layers, vector, layers=layer, coef=args.coef, operator=args.operator,
+                        positions=args.positions)  # checked before generating
     plain = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
     with steering:
         steered = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
