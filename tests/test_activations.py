@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from persona_guard.activations import REDUCTIONS, capture_activations
+from persona_guard.activations import REDUCTIONS, StopForward, capture_activations, capture_hooks
 from persona_guard.encoding import encode_conversation, encode_text
 from persona_guard.errors import PersonaGuardError
 from persona_guard.models import unwrap_model
@@ -63,3 +63,33 @@ def test_raw_text_and_errors(tiny_llama, tokenizer):
         capture_activations(as_loaded(tiny_llama, tokenizer), [text], [9], progress=False)
     with pytest.raises(PersonaGuardError, match="unknown reduction"):
         capture_activations(as_loaded(tiny_llama, tokenizer), [text], [1], ("max",), progress=False)
+
+
+def test_capture_hooks_without_early_stop_read_every_layer_and_leave_the_output_alone(tiny_model, tokenizer):
+    """The server's mode: the forward runs to the logits, each hooked layer is read as
+    output_hidden_states has it, and the hooks are gone after the block, even when it raises."""
+    loaded = as_loaded(tiny_model, tokenizer)
+    n = loaded.num_layers
+    ids = torch.tensor([encode_conversation(tokenizer, CONVERSATIONS[0]).input_ids])
+    with torch.no_grad():
+        plain = tiny_model(input_ids=ids, output_hidden_states=True)
+        before = hook_counts(loaded.layers)  # transformers records hidden_states with hooks of its own
+        seen: dict[int, torch.Tensor] = {}
+        with capture_hooks(loaded.layers, [n, 0, 1], lambda layer, hidden: seen.setdefault(layer, hidden),
+                           stop_after_deepest=False):
+            logits = tiny_model(input_ids=ids).logits
+        torch.testing.assert_close(logits, plain.logits)
+        assert sorted(seen) == [0, 1, n]
+        for layer, hidden in seen.items():
+            torch.testing.assert_close(hidden, plain.hidden_states[layer])
+        with pytest.raises(StopForward), capture_hooks(loaded.layers, [1], lambda layer, hidden: None):
+            tiny_model(input_ids=ids)
+        with pytest.raises(PersonaGuardError, match=f"layer {n + 1} out of range"), \
+                capture_hooks(loaded.layers, [1, n + 1], lambda layer, hidden: None):
+            pass
+    assert hook_counts(loaded.layers) == before
+
+
+def hook_counts(layers) -> list[tuple[int, int]]:
+    """(forward hooks, forward pre-hooks) of every block and the final norm (transformers adds its own)."""
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in [*layers.blocks, layers.norm]]

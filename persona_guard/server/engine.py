@@ -174,7 +174,7 @@ class Engine:
         if not specs:
             return []
         rows = [_Row(spec, self.tokenizer, self.stop_ids) for spec in specs]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.loaded.pad_token_id
         width = max(len(spec.prompt_ids) for spec in specs)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
