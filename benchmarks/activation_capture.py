@@ -64,11 +64,10 @@ def main() -> None:
     tokens = sum(len(s.input_ids) for s in samples)
     print(f"{len(samples)} samples, {tokens / len(samples):.0f} tokens each on average, layer {args.layer}, "
           f"torch threads {torch.get_num_threads()}")
-    capture_activations(loaded.model, samples[:2], [args.layer], progress=False)  # warm-up
+    capture_activations(loaded, samples[:2], [args.layer], progress=False)  # warm-up
 
     start = time.perf_counter()
-    ours = capture_activations(loaded.model, samples, [args.layer], ("response_mean",),
-                               pad_token_id=loaded.tokenizer.pad_token_id, batch_size=args.batch_size,
+    ours = capture_activations(loaded, samples, [args.layer], ("response_mean",), batch_size=args.batch_size,
                                progress=False)["response_mean"][:, 0]
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -76,8 +75,7 @@ def main() -> None:
     original_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    capture_activations(loaded.model, samples, [args.layer], ("response_mean",),
-                        pad_token_id=loaded.tokenizer.pad_token_id, batch_size=1, progress=False)
+    capture_activations(loaded, samples, [args.layer], ("response_mean",), batch_size=1, progress=False)
     batch_one_s = time.perf_counter() - start
 
     max_error = (ours - reference).abs().max().item()

@@ -191,11 +191,9 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
         entry = {}
         results = {
             "exemplars": extract_vector(
-                loaded.model,
-                loaded.tokenizer,
+                loaded,
                 trait,
                 base / "exemplars",
-                model_id=args.model,
                 plots=False,
                 progress=False,
                 config=ExtractionConfig(source="exemplars", seed=args.seed),
@@ -204,11 +202,9 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
         if name in EVAL_TRAITS:
             try:
                 results["generate"] = extract_vector(
-                    loaded.model,
-                    loaded.tokenizer,
+                    loaded,
                     trait,
                     base / "generate",
-                    model_id=args.model,
                     judge=make_judge("offline"),
                     plots=False,
                     progress=False,
@@ -270,15 +266,9 @@ def response_projections(loaded, rows: list[dict], vectors: dict, layers: list[i
     from persona_guard.encoding import encode_chat
 
     samples = [encode_chat(loaded.tokenizer, r["prompt"], r["completion"][0]["content"]) for r in rows]
-    acts = capture_activations(
-        loaded.model,
-        samples,
-        layers,
-        ("response_mean",),
-        batch_size=batch_size,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-        progress=False,
-    )["response_mean"]
+    acts = capture_activations(loaded, samples, layers, ("response_mean",), batch_size=batch_size, progress=False)[
+        "response_mean"
+    ]
     return {
         s: np.stack([v.project(acts[:, i], l).double().numpy() for i, l in enumerate(layers)], axis=1)
         for s, v in vectors.items()
@@ -332,7 +322,7 @@ def screen_file(args, out: Path, loaded, name: str, trait_name: str, choices: Ch
         checkpoint_dir=str(out / "screen" / f"{name}-{args.rows}-{args.mode}.shards"),
         shard_size=50,
     )
-    screener = Screener(loaded.model, loaded.tokenizer, probes, config, model_id=args.model)
+    screener = Screener(loaded, probes, config)
     started = time.perf_counter()
     result = screener.score(rows)
     arrays = {}
@@ -377,7 +367,7 @@ def run_datasets(args, out: Path, loaded, choices: Choices) -> dict:
             max_new_tokens=choices.base_answer_tokens, seed=args.seed, batch_size=args.batch_size
         ),
     )
-    screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=args.model)
+    screener = Screener(loaded, vectors, config)
     table = {}
     for name, spec in TRAIN_SETS.items():
         path = out / "datasets" / f"{name.replace('/', '__')}.json"

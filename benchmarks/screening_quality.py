@@ -61,9 +61,8 @@ def main() -> None:
     for pair in args.pair:
         trait_name, data_path, layer = parse_pair(pair, args.layer)
         trait = load_trait(trait_name)
-        vector = extract_vector(loaded.model, loaded.tokenizer, trait, Path(args.work_dir) / trait.name,
-                                model_id=args.model, config=ExtractionConfig(source="exemplars", seed=args.seed),
-                                plots=False).vector
+        vector = extract_vector(loaded, trait, Path(args.work_dir) / trait.name,
+                                config=ExtractionConfig(source="exemplars", seed=args.seed), plots=False).vector
         vector.default_layer = layer
         extra = [int(value) for value in args.extra_layers.split(",") if value.strip()]
         probes = [PersonaVector(f"{trait.name}@{probe}", vector.model_id, vector.directions, default_layer=probe)
@@ -71,7 +70,7 @@ def main() -> None:
         config = ScreeningConfig(batch_size=args.batch_size, answer_cache=args.answer_cache,
                                  base_answers=BaseAnswerSettings(max_new_tokens=args.max_new_tokens, seed=args.seed,
                                                                  batch_size=args.batch_size))
-        screener = Screener(loaded.model, loaded.tokenizer, [vector, *probes], config, model_id=loaded.model_id)
+        screener = Screener(loaded, [vector, *probes], config)
         started = time.perf_counter()
         result = screener.score(data_path)
         seconds = time.perf_counter() - started

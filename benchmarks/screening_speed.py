@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from compute_ceiling import report_ceiling
 
-from persona_guard.activations import _StopForward, capture_hooks, pad_batch, position_ids_from_mask
+from persona_guard.activations import StopForward, capture_hooks, pad_batch, position_ids_from_mask
 from persona_guard.encoding import encode_chat
-from persona_guard.models import load_model
+from persona_guard.models import LoadedModel, load_model
 from persona_guard.rows import read_rows
 from persona_guard.screening import Screener, ScreeningConfig
 from persona_guard.screening.data import classify_rows
@@ -47,23 +47,19 @@ def paper_loop(model, tokenizer, rows, vector: PersonaVector, layer: int) -> lis
 
 
 @torch.no_grad()
-def bare_forward(model, tokenizer, rows, layer: int, batch_size: int) -> None:
+def bare_forward(loaded: LoadedModel, rows, layer: int, batch_size: int) -> None:
     """The batches capture_activations forms (longest first), forward stopped at ``layer``."""
-    samples = [encode_chat(tokenizer, list(row.prompt), row.response) for row in rows]
+    samples = [encode_chat(loaded.tokenizer, list(row.prompt), row.response) for row in rows]
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
-    handles = capture_hooks(model, [layer], lambda layer, hidden: None)
-    try:
+    with capture_hooks(loaded.layers, [layer], lambda layer, hidden: None):
         for begin in range(0, len(order), batch_size):
             batch = [samples[i] for i in order[begin:begin + batch_size]]
-            input_ids, attention_mask, _ = pad_batch(batch, tokenizer.pad_token_id, "right", torch.device("cpu"))
+            input_ids, attention_mask, _ = pad_batch(batch, loaded.pad_token_id, "right", torch.device("cpu"))
             try:
-                model(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-            except _StopForward:
+                loaded.model(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            except StopForward:
                 pass
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def main() -> None:
@@ -86,8 +82,8 @@ def main() -> None:
                            torch.randn(model.config.num_hidden_layers + 1, model.config.hidden_size,
                                        generator=generator),
                            default_layer=args.layer)
-    screener = Screener(model, tokenizer, [vector], ScreeningConfig(mode="fast", batch_size=args.batch_size,
-                                                                    shard_size=10**9, progress=False))
+    screener = Screener(loaded, [vector], ScreeningConfig(mode="fast", batch_size=args.batch_size,
+                                                          shard_size=10**9, progress=False))
     tokens = sum(len(encode_chat(tokenizer, list(r.prompt), r.response).input_ids) for r in rows)
     print(f"{len(rows)} samples, {tokens} tokens, layer {args.layer} of {model.config.num_hidden_layers}, "
           f"batch size {args.batch_size}, {torch.get_num_threads()} threads")
@@ -97,7 +93,7 @@ def main() -> None:
     runs = {
         "paper loop": lambda: paper_loop(model, tokenizer, rows, vector, args.layer),
         "persona-guard": lambda: screener.score([row.data for row in rows]).traits["probe"].projection.tolist(),
-        "bare forward": lambda: bare_forward(model, tokenizer, rows, args.layer, args.batch_size),
+        "bare forward": lambda: bare_forward(loaded, rows, args.layer, args.batch_size),
     }
     for _ in range(args.rounds):
         for name, run in runs.items():

@@ -40,7 +40,7 @@ def main() -> None:
 
     from peft import LoraConfig, get_peft_model
 
-    from persona_guard.models import load_model, model_device, num_hidden_layers
+    from persona_guard.models import load_model, model_device
     from persona_guard.training.steering_callback import PreventativeSteeringCallback
     from persona_guard.vectors import PersonaVector
 
@@ -54,7 +54,7 @@ def main() -> None:
     device = model_device(model)
     generator = torch.Generator().manual_seed(0)
     # A random direction of realistic size: steering cost does not depend on what the vector means.
-    directions = torch.randn(num_hidden_layers(model) + 1, config.hidden_size, generator=generator)
+    directions = torch.randn(loaded.num_layers + 1, config.hidden_size, generator=generator)
     vector = PersonaVector("benchmark", args.model, directions, default_layer=args.layers[0])
     callback = PreventativeSteeringCallback(vector, layers=args.layers, coef=args.coef, operator=args.operator)
     batches = [torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len), generator=generator).to(device)

@@ -54,14 +54,14 @@ def main() -> None:
         generated = ExtractionConfig(source="generate", questions=args.questions, max_new_tokens=args.max_new_tokens,
                                      min_pairs=1)
         try:
-            pairs = extract_vector(loaded.model, loaded.tokenizer, trait, out / "generate", model_id=args.model,
-                                   judge=judge, config=generated, plots=False).report["pairs"]
+            pairs = extract_vector(loaded, trait, out / "generate", judge=judge, config=generated,
+                                   plots=False).report["pairs"]
         except PersonaGuardError as error:  # no pair passed: the report still says why
             pairs = json.loads((out / "generate" / "report.json").read_text())["pairs"] \
                 if (out / "generate" / "report.json").is_file() else {"error": str(error)}
-        vector = extract_vector(loaded.model, loaded.tokenizer, trait, out / "exemplars", model_id=args.model,
-                                config=ExtractionConfig(source="exemplars"), plots=False).vector
-        selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge, out / "layers",
+        vector = extract_vector(loaded, trait, out / "exemplars", config=ExtractionConfig(source="exemplars"),
+                                plots=False).vector
+        selection = select_layer(loaded, vector, trait, judge, out / "layers",
                                  LayerSelectionConfig(layers=args.layers, coefs=args.coefs,
                                                       questions=args.eval_questions,
                                                       max_new_tokens=args.max_new_tokens))

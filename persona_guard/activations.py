@@ -7,7 +7,8 @@ is most of the saving over ``output_hidden_states=True`` when the vector's layer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -16,14 +17,14 @@ from tqdm.auto import tqdm
 
 from persona_guard.encoding import EncodedSample
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers, final_norm, model_device
+from persona_guard.models import DecoderLayers, LoadedModel, model_device
 
 Reduction = Literal["response_mean", "prompt_mean", "prompt_last"]
 REDUCTIONS: tuple[str, ...] = ("response_mean", "prompt_mean", "prompt_last")
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook of the deepest layer to skip the rest of the forward pass."""
+class StopForward(Exception):
+    """Raised by a reading hook to skip the rest of a forward pass (caught by whoever ran it)."""
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -77,62 +78,47 @@ def _check_samples(samples: Sequence[EncodedSample], reductions: Sequence[str]) 
             raise PersonaGuardError(f"sample {index} has no prompt tokens (needed for prompt reductions)")
 
 
-def _output_tensor(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+@contextlib.contextmanager
+def capture_hooks(layers: DecoderLayers, indices: Sequence[int], on_hidden: Callable[[int, torch.Tensor], None],
+                  *, stop_after_deepest: bool = True) -> Iterator[None]:
+    """While inside, call ``on_hidden(layer, hidden [batch, seq, d])`` for each of ``indices``
+    (``hidden_states`` indices, shallowest first) at every forward; hooks never change the output.
+    ``stop_after_deepest`` raises :class:`StopForward` right after the deepest one, so later blocks
+    and the LM head never run (catch it around the forward); without it the forward runs to the end
+    (generation needs the logits). Errors: an index out of range."""
+    deepest = max(layers.check(index) for index in indices)
 
+    def reader(layer: int):
+        def read(module: nn.Module, hidden: torch.Tensor) -> None:
+            on_hidden(layer, hidden)
+            if stop_after_deepest and layer == deepest:
+                raise StopForward
 
-def capture_hooks(model: nn.Module, layers: Sequence[int], on_hidden, layers_path: str | None = None):
-    """Register hooks that call ``on_hidden(layer, hidden)`` for each requested layer and stop the
-    forward pass after the deepest one. Returns the hook handles (remove them when done)."""
-    blocks = decoder_layers(model, layers_path)
-    n_layers = len(blocks)
-    for layer in layers:
-        if not 0 <= layer <= n_layers:
-            raise PersonaGuardError(f"layer {layer} out of range 0..{n_layers} (hidden_states index)")
-    deepest = max(layers)
-    handles = []
+        return read
 
-    def report(layer: int, hidden: torch.Tensor) -> None:
-        on_hidden(layer, hidden)
-        if layer == deepest:
-            raise _StopForward
-
-    def embeddings_hook(module, args, kwargs):
-        report(0, args[0] if args else kwargs["hidden_states"])
-
-    def make_output_hook(layer: int):
-        return lambda module, args, output: report(layer, _output_tensor(output))
-
-    for layer in sorted(set(layers)):
-        if layer == 0:
-            handles.append(blocks[0].register_forward_pre_hook(embeddings_hook, with_kwargs=True))
-        elif layer == n_layers:
-            handles.append(final_norm(model).register_forward_hook(make_output_hook(layer)))
-        else:
-            handles.append(blocks[layer - 1].register_forward_hook(make_output_hook(layer)))
-    return handles
+    with layers.hooked({layer: reader(layer) for layer in set(indices)}):
+        yield
 
 
 @torch.no_grad()
 def capture_activations(
-    model: nn.Module,
+    model: LoadedModel,
     samples: Sequence[EncodedSample],
     layers: Sequence[int],
     reductions: Sequence[str] = ("response_mean",),
     *,
-    pad_token_id: int | None = 0,
     batch_size: int = 8,
     padding_side: str = "right",
     progress: bool = True,
     desc: str = "capturing activations",
-    layers_path: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Reduced hidden states for every sample: ``{reduction: float32 tensor [n_samples, len(layers), d]}``.
 
     Samples are batched in order of length (so padding stays small) and results are returned in
-    input order. One forward pass serves all reductions and layers. ``pad_token_id`` fills padding
-    (``None``: id 0); padded positions are masked out and never read, and positions count real tokens
-    only, so left or right padding and a batch of one give the same numbers.
+    input order. One forward pass serves all reductions and layers, hooked at ``model.layers`` (located
+    once, with the model's ``layers_path``). Padding (``model.pad_token_id``) is masked out and never
+    read, and positions count real tokens only, so left or right padding and a batch of one give the
+    same numbers.
     """
     layers = list(layers)
     if not layers:
@@ -145,7 +131,7 @@ def capture_activations(
             raise PersonaGuardError(f"unknown reduction {reduction!r}; choose from {', '.join(REDUCTIONS)}")
     if len(set(layers)) != len(layers):
         raise PersonaGuardError(f"duplicate layers in {layers}")
-    device = model_device(model)
+    device = model_device(model.model)
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i].input_ids))
     layer_slot = {layer: slot for slot, layer in enumerate(layers)}
     results: dict[str, torch.Tensor] = {}
@@ -158,26 +144,25 @@ def capture_activations(
                 results[reduction] = torch.zeros(len(samples), len(layers), hidden.shape[-1])
             results[reduction][batch_state["indices"], layer_slot[layer]] = reduced
 
-    handles = capture_hooks(model, layers, on_hidden, layers_path)
-    was_training = model.training
-    model.eval()
+    network = model.model
+    was_training = network.training
+    network.eval()
     try:
-        with tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
+        with capture_hooks(model.layers, layers, on_hidden), \
+                tqdm(total=len(samples), desc=desc, disable=not progress, unit="sample") as bar:
             for begin in range(0, len(order), batch_size):
                 indices = order[begin:begin + batch_size]
                 batch = [samples[i] for i in indices]
-                input_ids, attention_mask, offsets = pad_batch(batch, pad_token_id or 0, padding_side, device)
+                input_ids, attention_mask, offsets = pad_batch(batch, model.pad_token_id, padding_side, device)
                 batch_state["indices"] = torch.tensor(indices)
                 batch_state["weights"] = {r: reduction_weights(batch, offsets, input_ids.shape[1], r)
                                           for r in reductions}
                 try:
-                    model(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-                except _StopForward:
+                    network(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+                except StopForward:
                     pass
                 bar.update(len(batch))
     finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+        network.train(was_training)
     return results

@@ -96,8 +96,8 @@ def build_vector(config: DemoConfig, out: Path, loaded) -> tuple[PersonaVector, 
     from persona_guard.extraction import ExtractionConfig, extract_vector
 
     trait = load_trait(config.trait)
-    result = extract_vector(loaded.model, loaded.tokenizer, trait, out / "vector", model_id=config.model,
-                            config=ExtractionConfig(source="exemplars", seed=config.seed))
+    result = extract_vector(loaded, trait, out / "vector", config=ExtractionConfig(source="exemplars",
+                                                                                   seed=config.seed))
     vector = result.vector
     vector.default_layer = config.layer
     vector.save(result.vector_path)
@@ -116,7 +116,7 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
 
     settings = BaseAnswerSettings(max_new_tokens=config.screen_max_new_tokens, seed=config.seed)
     mode = "exact" if config.screen_generate else "fast"
-    screener = Screener(loaded.model, loaded.tokenizer, [vector], ScreeningConfig(
+    screener = Screener(loaded, [vector], ScreeningConfig(
         mode=mode, base_answers=settings, policy=FlagPolicy(top_percent=10)))
     rows = read_jsonl(dataset_path("contaminated", f"{config.trait}.jsonl"))[:config.screen_rows]
     result = screener.score(rows)

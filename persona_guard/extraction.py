@@ -42,7 +42,7 @@ from persona_guard.files import atomic_path, write_json_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge, JudgeScore
 from persona_guard.metrics import mean_or_none
-from persona_guard.models import decoder_layers, model_fingerprint
+from persona_guard.models import LoadedModel, model_fingerprint
 from persona_guard.schema import bounds, check
 from persona_guard.traits import Trait
 from persona_guard.vectors import AGGREGATORS, PersonaVector, compute_vector
@@ -74,7 +74,6 @@ class ExtractionConfig:
     coherence_threshold: float = field(default=50.0, metadata=bounds(
         ge=0, le=100, help="... and both answers' coherence is >= this"))
     min_pairs: int = field(default=3, metadata=bounds(ge=1, help="fewer kept pairs than this is an error"))
-    layers_path: str | None = None
     aggregator: str = field(default="mean_difference", metadata=bounds(
         choices=tuple(AGGREGATORS), help="how pairs become a direction"))
 
@@ -138,26 +137,23 @@ def _heldout_samples(tokenizer, trait: Trait) -> list:
             for e, answer in zip(heldout, answers)]
 
 
-def heldout_activations(model, tokenizer, trait: Trait, layers: Sequence[int], *, batch_size: int = 8,
-                        layers_path: str | None = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Response-mean activations of the held-out exemplar answers: (pos, neg)."""
-    samples = _heldout_samples(tokenizer, trait)
+def heldout_activations(model: LoadedModel, trait: Trait, layers: Sequence[int], *, batch_size: int = 8,
+                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response-mean activations of the held-out exemplar answers: (pos, neg), each [n, len(layers), d]."""
+    samples = _heldout_samples(model.tokenizer, trait)
     if not samples:
         raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on eval questions (held-out set)")
-    acts = capture_activations(model, samples, layers, ("response_mean",), pad_token_id=tokenizer.pad_token_id,
-                               batch_size=batch_size, progress=progress, desc="held-out exemplars",
-                               layers_path=layers_path)["response_mean"]
+    acts = capture_activations(model, samples, layers, ("response_mean",), batch_size=batch_size, progress=progress,
+                               desc="held-out exemplars")["response_mean"]
     half = len(samples) // 2
     return acts[:half], acts[half:]
 
 
-def heldout_separation(vector: PersonaVector, model, tokenizer, trait: Trait, layers: Sequence[int] | None = None,
-                       *, batch_size: int = 8, layers_path: str | None = None,
-                       progress: bool = True) -> dict[int, dict[str, float]]:
+def heldout_separation(vector: PersonaVector, model: LoadedModel, trait: Trait, layers: Sequence[int] | None = None,
+                       *, batch_size: int = 8, progress: bool = True) -> dict[int, dict[str, float]]:
     """Per layer: how well projections separate the trait's held-out exemplars (AUROC, effect size)."""
     layers = list(range(vector.num_layers + 1)) if layers is None else list(layers)
-    pos, neg = heldout_activations(model, tokenizer, trait, layers, batch_size=batch_size,
-                                   layers_path=layers_path, progress=progress)
+    pos, neg = heldout_activations(model, trait, layers, batch_size=batch_size, progress=progress)
     return per_layer_separation(vector, pos, neg, layers)
 
 
@@ -316,14 +312,15 @@ def drop_reasons(pos: JudgeScore, neg: JudgeScore, config: ExtractionConfig) -> 
     return reasons
 
 
-def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model_id: str,
+def extract_vector(loaded: LoadedModel, trait: Trait, out_dir: str | Path, *,
                    judge: Judge | None = None, config: ExtractionConfig = ExtractionConfig(),
                    progress: bool = True, plots: bool = True) -> ExtractionResult:
-    """Run the pipeline and write ``out_dir/<trait>.safetensors``, ``report.json`` and a PNG plot."""
+    """Run the pipeline and write ``out_dir/<trait>.safetensors``, ``report.json`` and a PNG plot.
+    The vector is read at every layer of ``loaded`` and records ``loaded.model_id``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_layers = len(decoder_layers(model, config.layers_path))
-    layers = list(range(n_layers + 1))
+    model, tokenizer, model_id = loaded.model, loaded.tokenizer, loaded.model_id
+    layers = list(range(loaded.num_layers + 1))
     report: dict = {"trait": trait.name, "trait_source": trait.source, "model": model_id,
                     "config": asdict(config)}
     generated = judged = 0
@@ -374,9 +371,8 @@ def extract_vector(model, tokenizer, trait: Trait, out_dir: str | Path, *, model
     heldout_samples = _heldout_samples(tokenizer, trait)
     # one pass over the extraction samples and the held-out exemplars
     reductions = tuple(dict.fromkeys((config.method, "response_mean")))
-    acts = capture_activations(model, pos_samples + neg_samples + heldout_samples, layers, reductions,
-                               pad_token_id=tokenizer.pad_token_id, batch_size=config.batch_size,
-                               progress=progress, desc="capturing activations", layers_path=config.layers_path)
+    acts = capture_activations(loaded, pos_samples + neg_samples + heldout_samples, layers, reductions,
+                               batch_size=config.batch_size, progress=progress, desc="capturing activations")
     n_pos, n_train = len(pos_samples), len(pos_samples) + len(neg_samples)
     pos_acts, neg_acts = acts[config.method][:n_pos], acts[config.method][n_pos:n_train]
     directions = compute_vector(pos_acts, neg_acts, AGGREGATORS[config.aggregator])

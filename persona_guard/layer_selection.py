@@ -22,6 +22,7 @@ from persona_guard.files import atomic_path, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.judges import Judge
 from persona_guard.metrics import mean_or_none
+from persona_guard.models import LoadedModel
 from persona_guard.schema import FieldError, bounds, check
 from persona_guard.steering import COEF_BOUNDS, Steering
 from persona_guard.traits import Trait
@@ -45,7 +46,6 @@ class LayerSelectionConfig:
     seed: int = field(default=0, metadata=bounds(ge=0))
     coherence_threshold: float = field(default=50.0, metadata=bounds(
         ge=0, le=100, help="a layer counts only if the mean coherence (0-100) stays >= this"))
-    layers_path: str | None = None
 
     def __post_init__(self) -> None:
         check(self)
@@ -80,13 +80,14 @@ class LayerSelection:
     chosen_cell: Cell | None = None  # the steered cell behind the choice (None: held-out fallback)
 
 
-def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
+def select_layer(loaded: LoadedModel, vector: PersonaVector, trait: Trait, judge: Judge, out_dir: str | Path,
                  config: LayerSelectionConfig, *, progress: bool = True) -> LayerSelection:
     """Steer at each layer x coef, judge, choose (:func:`choose_layer`); write CSV + Markdown tables and
     a heat map. Errors, before anything is written: ``trait`` is not the vector's trait, a layer out of
     range, or no acceptable choice (see :func:`choose_layer`)."""
     check_same_trait(vector, trait)
-    vector.check_model(model)
+    vector.check_model(loaded)
+    model, tokenizer = loaded.model, loaded.tokenizer
     for layer in config.layers:
         if not 0 <= layer <= vector.num_layers:
             raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 0..{vector.num_layers}")
@@ -105,8 +106,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
     baseline = measure(generate_responses(model, tokenizer, prompts, generation, progress=False))
     heuristic = {}
     if trait.heldout_exemplars():
-        heuristic = heldout_separation(vector, model, tokenizer, trait, config.layers,
-                                       batch_size=config.batch_size, layers_path=config.layers_path,
+        heuristic = heldout_separation(vector, loaded, trait, config.layers, batch_size=config.batch_size,
                                        progress=False)
     cells = []
     steered_cells = [(l, c) for l in config.layers for c in config.coefs if c != 0]
@@ -117,7 +117,7 @@ def select_layer(model, tokenizer, vector: PersonaVector, trait: Trait, judge: J
                 if coef == 0:
                     trait_score, coherence, scored = baseline
                 else:
-                    with Steering(model, vector, layers=layer, coef=coef, layers_path=config.layers_path):
+                    with Steering(loaded.layers, vector, layers=layer, coef=coef):
                         answers = generate_responses(model, tokenizer, prompts, generation, progress=False)
                     trait_score, coherence, scored = measure(answers)
                     bar.update(1)

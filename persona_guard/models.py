@@ -5,12 +5,13 @@ Layer index convention (used everywhere in persona-guard): layer ``l`` names the
 embedding output (the input of decoder block 0), ``hidden_states[l]`` for ``1 <= l < n_layers`` is
 the output of decoder block ``l - 1``, and ``hidden_states[n_layers]`` is the output of the final
 norm (that is what transformers returns, and what the original persona-vectors code stored).
-Capture and steering both use these places (:func:`decoder_layers`, :func:`final_norm`), so a
+Capture, serving and steering all hook these places through :meth:`DecoderLayers.hook`, so a
 vector's ``directions[l]`` is added exactly where it was measured, for every ``l``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -20,12 +21,14 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from persona_guard.errors import PersonaGuardError
 
@@ -236,24 +239,33 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     """A causal LM with its tokenizer, and where its decoder blocks are: located once (with the
-    ``layers_path`` override, see :func:`decoder_layers`) and read from here by consumers."""
+    ``layers_path`` override, see :func:`decoder_layers`) and read from here by consumers.
+
+    Wrap a model you built yourself (or a trainer's model) as ``LoadedModel(model, tokenizer,
+    model_id)``; :func:`dataclasses.replace` with another ``model`` (e.g. a PEFT wrapper) locates
+    the layers afresh."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Any
     model_id: str
     layers_path: str | None = None
 
     @functools.cached_property
-    def layers(self) -> nn.ModuleList:
-        """The decoder blocks (block ``l - 1`` outputs ``hidden_states[l]``)."""
-        return decoder_layers(self.model, self.layers_path)
+    def layers(self) -> DecoderLayers:
+        """Where each ``hidden_states[l]`` is produced (:class:`DecoderLayers`)."""
+        return DecoderLayers.locate(self.model, self.layers_path)
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The tokenizer's pad id (0 without one): padded positions are masked, never read."""
+        return getattr(self.tokenizer, "pad_token_id", None) or 0
 
 
 def load_model(
@@ -351,10 +363,6 @@ def model_fingerprint(model: nn.Module, model_id: str) -> str:
     return f"{model_id}@{digest.hexdigest()[:16]}"
 
 
-def num_hidden_layers(model: nn.Module) -> int:
-    return len(decoder_layers(model))
-
-
 def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.ModuleList:
     """The model's list of decoder blocks, through any wrappers.
 
@@ -386,6 +394,86 @@ def final_norm(model: nn.Module) -> nn.Module:
         if isinstance(found, nn.Module):
             return found
     raise PersonaGuardError(f"cannot find the final norm of {type(base).__name__}")
+
+
+#: ``edit(module, hidden [batch, seq, d])`` -> a replacement for ``hidden``, or None to keep it.
+SiteHook = Callable[[nn.Module, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderLayers:
+    """The modules that produce each ``hidden_states[l]`` (the convention at the top of this module),
+    located once: ``blocks`` (block ``l - 1`` outputs ``hidden_states[l]``) and ``norm``, the final
+    norm whose output is ``hidden_states[n_layers]`` (None when not found: layer ``n_layers`` then
+    cannot be hooked). ``len()`` is ``n_layers``. :meth:`hook` is the one place where a layer index
+    becomes a PyTorch hook; capture, serving and steering all go through it."""
+
+    blocks: nn.ModuleList
+    norm: nn.Module | None
+
+    @classmethod
+    def locate(cls, model: nn.Module, layers_path: str | None = None) -> DecoderLayers:
+        """Find them in ``model`` through any wrapper (:func:`decoder_layers`, :func:`final_norm`)."""
+        blocks = decoder_layers(model, layers_path)
+        try:
+            norm = final_norm(model)
+        except PersonaGuardError:
+            norm = None
+        return cls(blocks, norm)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def check(self, layer: int) -> int:
+        """``layer`` if it is a ``hidden_states`` index of this model (0..n_layers), else an error."""
+        if not 0 <= layer <= len(self.blocks):
+            raise PersonaGuardError(f"layer {layer} out of range 0..{len(self.blocks)} (hidden_states index)")
+        return layer
+
+    def hook(self, layer: int, edit: SiteHook) -> RemovableHandle:
+        """Call ``edit(module, hidden)`` on ``hidden_states[layer]`` at every forward; a tensor it
+        returns replaces ``hidden`` there. Layer 0 is the input of block 0 (a forward pre-hook, with
+        positional or keyword ``hidden_states``), ``n_layers`` the final norm's output, others the
+        output of block ``layer - 1`` (a tensor or a tuple whose first item is the hidden state).
+        Returns the handle; remove it when done."""
+        self.check(layer)
+        if layer == 0:
+            def input_hook(module: nn.Module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                new = edit(module, hidden)
+                if new is None:
+                    return None
+                if args:
+                    return (new, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": new}
+
+            return self.blocks[0].register_forward_pre_hook(input_hook, with_kwargs=True)
+
+        def output_hook(module: nn.Module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            new = edit(module, hidden)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        if layer < len(self.blocks):
+            return self.blocks[layer - 1].register_forward_hook(output_hook)
+        if self.norm is None:
+            raise PersonaGuardError(f"layer {layer} is the final norm's output, and this model's final norm "
+                                    "was not found")
+        return self.norm.register_forward_hook(output_hook)
+
+    @contextlib.contextmanager
+    def hooked(self, edits: Mapping[int, SiteHook]) -> Iterator[None]:
+        """:meth:`hook` each ``{layer: edit}`` while inside; every hook is removed on exit."""
+        handles = []
+        try:
+            for layer, edit in sorted(edits.items()):
+                handles.append(self.hook(layer, edit))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import Message, encode_conversation
 from persona_guard.errors import PersonaGuardError
+from persona_guard.models import LoadedModel
 from persona_guard.projection import Projector
 from persona_guard.vectors import PersonaVector, vectors_by_trait
 
@@ -54,17 +53,16 @@ class Threshold:
 class PersonaMonitor:
     """Score conversations against one or more persona vectors in one forward pass each batch."""
 
-    def __init__(self, model: nn.Module, tokenizer, vectors: Sequence[PersonaVector], *,
+    def __init__(self, model: LoadedModel, vectors: Sequence[PersonaVector], *,
                  layers: Mapping[str, int] | None = None,
                  thresholds: Mapping[str, Threshold] | None = None,
-                 batch_size: int = 8, layers_path: str | None = None) -> None:
+                 batch_size: int = 8) -> None:
+        """``layers``: per-trait overrides of each vector's default layer (see :class:`Projector`)."""
         self.vectors = vectors_by_trait(vectors, model, "PersonaMonitor")
         self.projector = Projector.of(self.vectors, layers)
         self.model = model
-        self.tokenizer = tokenizer
         self.thresholds = dict(thresholds or {})
         self.batch_size = batch_size
-        self.layers_path = layers_path
 
     @property
     def layers(self) -> dict[str, int]:
@@ -74,20 +72,19 @@ class PersonaMonitor:
     def read(self, conversations: Sequence[Sequence[Message]], progress: bool = True) -> list[ConversationReading]:
         if not conversations:
             return []
-        encoded = [encode_conversation(self.tokenizer, c) for c in conversations]
+        encoded = [encode_conversation(self.model.tokenizer, c) for c in conversations]
         for index, sample in enumerate(encoded):
             if sample.prompt_length == 0:
                 raise PersonaGuardError(f"conversation {index} has no prompt")
         layers = self.projector.capture_layers
         with_response = [i for i, s in enumerate(encoded) if s.response_length > 0]
         prompt_acts = capture_activations(
-            self.model, encoded, layers, ("prompt_last",), pad_token_id=self.tokenizer.pad_token_id,
-            batch_size=self.batch_size, progress=progress, desc="monitor: prompts",
-            layers_path=self.layers_path)["prompt_last"]
+            self.model, encoded, layers, ("prompt_last",), batch_size=self.batch_size, progress=progress,
+            desc="monitor: prompts")["prompt_last"]
         response_acts = capture_activations(
             self.model, [encoded[i] for i in with_response], layers, ("response_mean",),
-            pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size, progress=progress,
-            desc="monitor: responses", layers_path=self.layers_path)["response_mean"] if with_response else None
+            batch_size=self.batch_size, progress=progress,
+            desc="monitor: responses")["response_mean"] if with_response else None
         response_row = {conv: row for row, conv in enumerate(with_response)}
         prompts = self.projector.project(prompt_acts)
         responses = self.projector.project(response_acts) if response_acts is not None else None

@@ -39,6 +39,12 @@ class Projector:
             raise PersonaGuardError("a projector needs at least one persona vector")
         return cls(dict(vectors), {name: vector.resolve_layer(overrides.get(name)) for name, vector in vectors.items()})
 
+    @classmethod
+    def of_pairs(cls, pairs: Mapping[str, tuple[PersonaVector, int | None]]) -> Projector:
+        """From ``{name: (vector, layer)}``; ``layer`` None: the vector's default (see :meth:`of`)."""
+        return cls.of({name: vector for name, (vector, _) in pairs.items()},
+                      {name: layer for name, (_, layer) in pairs.items() if layer is not None})
+
     @property
     def capture_layers(self) -> list[int]:
         """The distinct layers to capture, ascending (the order :meth:`project` expects)."""

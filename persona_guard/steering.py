@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers, final_norm
+from persona_guard.models import DecoderLayers
 from persona_guard.schema import bounds
 from persona_guard.vectors import PersonaVector
 
@@ -84,7 +84,10 @@ def steering_delta(hidden: torch.Tensor, direction: torch.Tensor, coef: float, o
 
 
 class Steering:
-    """Steer ``model`` while attached: ``with Steering(model, vector, layers=12, coef=-4): ...``.
+    """Steer a model while attached: ``with Steering(loaded.layers, vector, layers=12, coef=-4): ...``.
+
+    ``decoder``: the model's located :class:`~persona_guard.models.DecoderLayers` (``loaded.layers``
+    of a :class:`~persona_guard.models.LoadedModel`, or ``DecoderLayers.locate(model)``).
 
     ``positions`` restricts the edit to ``prompt`` or ``response`` positions (rule in the module
     docstring). Without a mask, the last position of each forward is the response one, which is
@@ -97,29 +100,27 @@ class Steering:
     which is what preventative steering needs: evaluation and generation see the plain model.
     """
 
-    def __init__(self, model: nn.Module, directions: DirectionsLike, *,
+    def __init__(self, decoder: DecoderLayers, directions: DirectionsLike, *,
                  layers: int | Sequence[int] | None = None, coef: float = 1.0,
                  operator: Operator = "add", positions: Positions = "all",
-                 only_in_training: bool = False, layers_path: str | None = None) -> None:
+                 only_in_training: bool = False) -> None:
         if operator not in OPERATORS:
             raise PersonaGuardError(f"unknown operator {operator!r}; choose from {', '.join(OPERATORS)}")
         if positions not in POSITIONS:
             raise PersonaGuardError(f"unknown positions {positions!r}; choose from {', '.join(POSITIONS)}")
-        self.model = model
+        self.decoder = decoder
         self.directions = per_layer_directions(directions, layers)
         self.coef = float(coef)
         self.operator = operator
         self.positions = positions
         self.only_in_training = only_in_training
-        self.layers_path = layers_path
         self.response_mask: torch.Tensor | None = None
         self._handles: list = []
-        blocks = decoder_layers(model, layers_path)
         hidden_size = next(iter(self.directions.values())).shape[-1]
         for layer, direction in self.directions.items():
-            if not 0 <= layer <= len(blocks):
+            if not 0 <= layer <= len(decoder):
                 raise PersonaGuardError(
-                    f"cannot steer layer {layer}: layers are 0..{len(blocks)} (hidden_states index)")
+                    f"cannot steer layer {layer}: layers are 0..{len(decoder)} (hidden_states index)")
             if direction.shape != (hidden_size,):
                 raise PersonaGuardError(f"direction for layer {layer} has shape {tuple(direction.shape)}")
             if not bool(torch.isfinite(self.coef * direction.float()).all()):
@@ -152,41 +153,24 @@ class Steering:
         keep = response if self.positions == "response" else ~response
         return keep.unsqueeze(-1).to(hidden.dtype)
 
-    def _steer(self, hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        delta = steering_delta(hidden, direction, self.coef, self.operator)
-        mask = self._position_mask(hidden)
-        return hidden + (delta if mask is None else delta * mask)
-
     def _make_hook(self, direction: torch.Tensor):
-        def hook(module: nn.Module, args, output):
+        def edit(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
             if self.only_in_training and not module.training:
                 return None
-            if isinstance(output, tuple):
-                return (self._steer(output[0], direction), *output[1:])
-            return self._steer(output, direction)
-        return hook
-
-    def _make_input_hook(self, direction: torch.Tensor):
-        def hook(module: nn.Module, args, kwargs):
-            if self.only_in_training and not module.training:
-                return None
-            if args:
-                return (self._steer(args[0], direction), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": self._steer(kwargs["hidden_states"], direction)}
-        return hook
+            delta = steering_delta(hidden, direction, self.coef, self.operator)
+            mask = self._position_mask(hidden)
+            return hidden + (delta if mask is None else delta * mask)
+        return edit
 
     def attach(self) -> Steering:
         if self._handles:
             raise PersonaGuardError("steering is already attached")
-        blocks = decoder_layers(self.model, self.layers_path)
-        for layer, direction in self.directions.items():
-            if layer == 0:
-                handle = blocks[0].register_forward_pre_hook(self._make_input_hook(direction), with_kwargs=True)
-            elif layer == len(blocks):
-                handle = final_norm(self.model).register_forward_hook(self._make_hook(direction))
-            else:
-                handle = blocks[layer - 1].register_forward_hook(self._make_hook(direction))
-            self._handles.append(handle)
+        try:
+            for layer, direction in self.directions.items():
+                self._handles.append(self.decoder.hook(layer, self._make_hook(direction)))
+        except BaseException:
+            self.detach()
+            raise
         return self
 
     def detach(self) -> None:

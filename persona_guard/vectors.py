@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path
+from persona_guard.models import LoadedModel, unwrap_model
 from persona_guard.traits import TRAIT_NAME
 
 FORMAT_VERSION = 1
@@ -112,15 +113,11 @@ class PersonaVector:
                 f"{self.num_layers} layers, but {what} has hidden size {hidden_size} and "
                 f"{num_layers} layers")
 
-    def check_model(self, model, layers_path: str | None = None) -> None:
-        """Refuse a model of another shape. ``model``: a :class:`~persona_guard.models.LoadedModel`
-        (its located layers are used) or an ``nn.Module`` (located with ``layers_path``)."""
-        from persona_guard.models import LoadedModel, decoder_layers, unwrap_model
-
-        blocks = model.layers if isinstance(model, LoadedModel) else decoder_layers(model, layers_path)
-        config: Any = unwrap_model(model.model if isinstance(model, LoadedModel) else model).config
-        self.check_compatible(config.hidden_size, len(blocks),
-                              f"model {getattr(config, 'name_or_path', '') or type(model).__name__}")
+    def check_model(self, model: LoadedModel) -> None:
+        """Refuse a model of another shape (hidden size, or number of its located layers)."""
+        config: Any = unwrap_model(model.model).config
+        self.check_compatible(config.hidden_size, len(model.layers),
+                              f"model {getattr(config, 'name_or_path', '') or model.model_id}")
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -337,7 +334,7 @@ def compute_vector(positive_activations: torch.Tensor, negative_activations: tor
     return directions
 
 
-def vectors_by_trait(vectors, model, user: str, layers_path: str | None = None) -> dict[str, PersonaVector]:
+def vectors_by_trait(vectors, model: LoadedModel, user: str) -> dict[str, PersonaVector]:
     """Index vectors by trait, checking each fits ``model`` (see :meth:`PersonaVector.check_model`);
     ``user`` names the caller in errors."""
     if not vectors:
@@ -346,5 +343,5 @@ def vectors_by_trait(vectors, model, user: str, layers_path: str | None = None) 
     if len(set(names)) != len(names):
         raise PersonaGuardError(f"{user}: two vectors share a trait name: {names}")
     for vector in vectors:
-        vector.check_model(model, layers_path)
+        vector.check_model(model)
     return {v.trait: v for v in vectors}

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from torch import nn
 from tqdm.auto import tqdm
 
 from persona_guard.activations import capture_activations
@@ -34,7 +33,7 @@ from persona_guard.encoding import ChatTemplateError, encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
 from persona_guard.judges import JudgeEndpoint
-from persona_guard.models import cache_dir, model_fingerprint, resolve_model_path
+from persona_guard.models import LoadedModel, cache_dir, model_fingerprint, resolve_model_path
 from persona_guard.projection import Projector
 from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, rows_from_records
 from persona_guard.schema import bounds, check, internal
@@ -80,7 +79,6 @@ class ScreeningConfig:
     judge_endpoint: JudgeEndpoint = field(default_factory=JudgeEndpoint)  # for openai:<model> judges
     #: where shards are checkpointed; required when running under several processes
     checkpoint_dir: str | None = field(default=None, metadata=internal())
-    layers_path: str | None = field(default=None, metadata=internal())
     progress: bool = field(default=True, metadata=internal())
 
     def __post_init__(self) -> None:
@@ -219,23 +217,25 @@ def current_processes() -> Processes:
 class Screener:
     """Score a dataset against one or more persona vectors.
 
-    ``Screener(model, tokenizer, vectors, config).screen(dataset)`` returns a ``datasets.Dataset``
+    ``Screener(loaded, vectors, config).screen(dataset)`` (``loaded``: a
+    :class:`~persona_guard.models.LoadedModel`) returns a ``datasets.Dataset``
     with the original fields plus, per trait, ``<trait>_projection``, ``<trait>_base_projection``
     (exact mode), ``<trait>_prompt_projection``, ``<trait>_dp``, ``<trait>_rank``,
     ``<trait>_zscore``, ``<trait>_flagged`` and an overall ``flagged``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, vectors: Sequence[PersonaVector],
-                 config: ScreeningConfig | None = None, *, model_id: str | None = None,
+    def __init__(self, loaded: LoadedModel, vectors: Sequence[PersonaVector],
+                 config: ScreeningConfig | None = None, *,
                  on_shard_done: Callable[[int], None] | None = None) -> None:
         self.config = config or ScreeningConfig()
-        self.vectors = vectors_by_trait(vectors, model, "screening", self.config.layers_path)
-        self.model = model
-        self.tokenizer = tokenizer
+        self.vectors = vectors_by_trait(vectors, loaded, "screening")
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
         self.projector = Projector.of(self.vectors, self.config.layers)
         self.layers = self.projector.layers
-        self.model_id = model_id or getattr(getattr(model, "config", None), "name_or_path", "") or "model"
-        self.model_key = model_fingerprint(model, self.model_id)
+        self.model_id = loaded.model_id
+        self.model_key = model_fingerprint(self.model, self.model_id)
         self.on_shard_done = on_shard_done
         self._answers: BaseAnswers | None = None
 
@@ -412,9 +412,8 @@ class Screener:
         if not samples:
             return [results[row.sample] for row in shard]
         activations = capture_activations(
-            self.model, samples, self.projector.capture_layers, ("response_mean", "prompt_last"),
-            pad_token_id=tokenizer.pad_token_id or 0, batch_size=self.config.batch_size,
-            progress=False, layers_path=self.config.layers_path)
+            self.loaded, samples, self.projector.capture_layers, ("response_mean", "prompt_last"),
+            batch_size=self.config.batch_size, progress=False)
         responses = self.projector.project(activations["response_mean"])
         prompts = self.projector.project(activations["prompt_last"])
         projections = {trait: (responses[trait].tolist(), prompts[trait].tolist()) for trait in self.vectors}

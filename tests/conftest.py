@@ -78,3 +78,11 @@ def smollm(smollm_dir):
     from persona_guard.models import load_model
 
     return load_model(DEFAULT_MODEL, device="cpu")
+
+
+def as_loaded(model, tokenizer, model_id: str = "tiny"):
+    """A model built here, with its tokenizer, as the library's consumers take it (a ``LoadedModel``
+    whose decoder layers are located on first use)."""
+    from persona_guard.models import LoadedModel
+
+    return LoadedModel(model, tokenizer, model_id)

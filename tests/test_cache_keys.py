@@ -19,7 +19,7 @@ from persona_guard.extraction import ExtractionConfig, extract_vector
 from persona_guard.judges import OfflineJudge
 from persona_guard.models import model_fingerprint
 from persona_guard.traits import InstructionPair, load_trait
-from tests.conftest import make_tiny_model
+from tests.conftest import as_loaded, make_tiny_model
 
 # a random-weight model: keep every pair (thresholds off); 1 question x 5 pairs x (pos, neg) = 10 answers,
 # sampled in chunks of 4
@@ -28,7 +28,7 @@ CONFIG = ExtractionConfig(questions=1, max_new_tokens=6, batch_size=4, temperatu
 
 
 def extract(model, tokenizer, trait, out, judge):
-    return extract_vector(model, tokenizer, trait, out, model_id="tiny", judge=judge, config=CONFIG,
+    return extract_vector(as_loaded(model, tokenizer), trait, out, judge=judge, config=CONFIG,
                           progress=False, plots=False)
 
 

@@ -14,11 +14,11 @@ import torch
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat, encode_conversation
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers, unwrap_model
+from persona_guard.models import DecoderLayers, decoder_layers, unwrap_model
 from persona_guard.monitor import PersonaMonitor
 from persona_guard.steering import Steering
 from persona_guard.vectors import PersonaVector
-from tests.conftest import make_tiny_model
+from tests.conftest import as_loaded, make_tiny_model
 from tests.samples import CONVERSATIONS
 
 
@@ -48,7 +48,7 @@ def test_steering_adds_exactly_where_each_layer_is_captured(tiny_model, tokenize
     direction = torch.randn(64)
     plain = hidden_states(tiny_model, ids)
     seen = []
-    with Steering(tiny_model, direction, layers=layer, coef=3.0):
+    with Steering(DecoderLayers.locate(tiny_model), direction, layers=layer, coef=3.0):
         probe = decoder_layers(tiny_model)[layer - 1].register_forward_hook(
             lambda module, args, output: seen.append(output[0] if isinstance(output, tuple) else output))
         try:
@@ -73,11 +73,12 @@ def test_steered_capture_at_layer_zero_and_last_layer(tiny_llama, tokenizer):
     samples = [encode_conversation(tokenizer, c) for c in CONVERSATIONS]
     layers = [0, n_layers(tiny_llama)]
     direction = torch.randn(64)
-    plain = capture_activations(tiny_llama, samples, layers, ("response_mean", "prompt_last"), progress=False,
-                                pad_token_id=tokenizer.pad_token_id)
-    with Steering(tiny_llama, {l: direction for l in layers}, coef=2.0):
-        steered = capture_activations(tiny_llama, samples, layers, ("response_mean", "prompt_last"),
-                                      progress=False, pad_token_id=tokenizer.pad_token_id)
+    plain = capture_activations(as_loaded(tiny_llama, tokenizer), samples, layers, ("response_mean", "prompt_last"),
+                                progress=False)
+    with Steering(DecoderLayers.locate(tiny_llama), {l: direction for l in layers}, coef=2.0):
+        steered = capture_activations(as_loaded(tiny_llama, tokenizer), samples, layers, ("response_mean",
+                                                                                          "prompt_last"),
+                                      progress=False)
     for reduction in plain:
         torch.testing.assert_close(steered[reduction][:, 0] - plain[reduction][:, 0],
                                    (2.0 * direction).expand(len(samples), -1), atol=1e-4, rtol=1e-4)
@@ -126,7 +127,7 @@ def test_generate_with_kv_cache_matches_a_manual_per_token_loop(tokenizer, posit
                                   pad_token_id=tokenizer.pad_token_id)
 
     plain = generate()
-    with Steering(model, direction, layers=1, coef=20.0, positions=positions):
+    with Steering(DecoderLayers.locate(model), direction, layers=1, coef=20.0, positions=positions):
         output = generate()
     assert not torch.equal(output, plain)
     for row, prompt in enumerate(prompts):
@@ -145,10 +146,10 @@ def test_response_steering_changes_the_first_generated_token(tokenizer):
                                       pad_token_id=tokenizer.pad_token_id)[0, -1])
 
     plain = first_token()
-    with Steering(model, direction, layers=2, coef=200.0, positions="response"):
+    with Steering(DecoderLayers.locate(model), direction, layers=2, coef=200.0, positions="response"):
         steered = first_token()
     assert steered != plain
-    with Steering(model, direction, layers=2, coef=0.0, positions="response"):
+    with Steering(DecoderLayers.locate(model), direction, layers=2, coef=0.0, positions="response"):
         assert first_token() == plain
 
 
@@ -167,7 +168,7 @@ def test_smollm_first_token_of_a_response_steered_answer_changes(smollm):
                                       pad_token_id=tokenizer.pad_token_id)[0, -1])
 
     plain = first_token()
-    with Steering(model, direction, layers=15, coef=4.0, positions="response"):
+    with Steering(DecoderLayers.locate(model), direction, layers=15, coef=4.0, positions="response"):
         steered = first_token()
     assert steered != plain, tokenizer.decode([plain])
 
@@ -180,10 +181,12 @@ def test_prompt_and_response_positions_partition_all(tiny_llama, tokenizer):
     direction = torch.randn(64)
     with torch.no_grad():
         plain = tiny_llama(input_ids=ids).logits
-        with Steering(tiny_llama, direction, layers=2, coef=2.0):
+        with Steering(DecoderLayers.locate(tiny_llama), direction, layers=2, coef=2.0):
             everywhere = tiny_llama(input_ids=ids).logits
-        with Steering(tiny_llama, direction, layers=2, coef=2.0, positions="prompt") as prompt_part, \
-                Steering(tiny_llama, direction, layers=2, coef=2.0, positions="response") as response_part:
+        with Steering(DecoderLayers.locate(tiny_llama), direction, layers=2, coef=2.0,
+                      positions="prompt") as prompt_part, \
+                Steering(DecoderLayers.locate(tiny_llama), direction, layers=2, coef=2.0,
+                         positions="response") as response_part:
             prompt_part.set_response_mask(response)
             response_part.set_response_mask(response)
             both = tiny_llama(input_ids=ids).logits
@@ -197,7 +200,8 @@ def test_capture_edges_one_token_empty_and_batch_of_one(tiny_model, tokenizer):
     assert one.response_length == 1
     n = n_layers(tiny_model)
     hidden = hidden_states(tiny_model, torch.tensor([one.input_ids]))
-    got = capture_activations(tiny_model, [one], [0, n], ("response_mean", "prompt_last"), batch_size=1,
+    got = capture_activations(as_loaded(tiny_model, tokenizer), [one], [0, n], ("response_mean", "prompt_last"),
+                              batch_size=1,
                               progress=False)
     for slot, layer in enumerate((0, n)):
         torch.testing.assert_close(got["response_mean"][0, slot], hidden[layer][0, -1], atol=1e-5, rtol=1e-5)
@@ -205,13 +209,14 @@ def test_capture_edges_one_token_empty_and_batch_of_one(tiny_model, tokenizer):
     # the shortest sample inside a padded batch (left or right) == the same sample alone
     samples = [one, *(encode_conversation(tokenizer, c) for c in CONVERSATIONS)]
     for side in ("left", "right"):
-        batched = capture_activations(tiny_model, samples, [0, n], ("response_mean", "prompt_last"), batch_size=6,
-                                      pad_token_id=tokenizer.pad_token_id, padding_side=side, progress=False)
+        batched = capture_activations(as_loaded(tiny_model, tokenizer), samples, [0, n],
+                                      ("response_mean", "prompt_last"), batch_size=6, padding_side=side,
+                                      progress=False)
         for reduction in got:
             torch.testing.assert_close(batched[reduction][0], got[reduction][0], atol=1e-5, rtol=1e-5)
     empty = encode_chat(tokenizer, prompt, "")
     with pytest.raises(PersonaGuardError, match="sample 0 has no response tokens") as error:
-        capture_activations(tiny_model, [empty], [1], ("response_mean",), progress=False)
+        capture_activations(as_loaded(tiny_model, tokenizer), [empty], [1], ("response_mean",), progress=False)
     assert "\n" not in str(error.value)
 
 
@@ -222,7 +227,8 @@ def test_monitor_edges_against_output_hidden_states(tiny_llama, tokenizer):
                      [{"role": "user", "content": "Yes or no?"}, {"role": "assistant", "content": "No"}],
                      [{"role": "user", "content": "Say nothing."}, {"role": "assistant", "content": ""}],
                      [{"role": "user", "content": "Unanswered question"}]]
-    readings = PersonaMonitor(tiny_llama, tokenizer, [vector], batch_size=3).read(conversations, progress=False)
+    readings = PersonaMonitor(as_loaded(tiny_llama, tokenizer), [vector], batch_size=3).read(conversations,
+                                                                                             progress=False)
     for conversation, reading in zip(conversations, readings):
         sample = encode_conversation(tokenizer, conversation)
         hidden = hidden_states(tiny_llama, torch.tensor([sample.input_ids]))[n][0]

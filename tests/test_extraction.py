@@ -20,6 +20,7 @@ from persona_guard.extraction import (
 from persona_guard.judges import JudgeScore, OfflineJudge
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
+from tests.conftest import as_loaded
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_config_rejects_bad_values():
 
 
 def test_exemplar_source_on_a_tiny_model(tiny_llama, tokenizer, evil, tmp_path):
-    result = extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny",
+    result = extract_vector(as_loaded(tiny_llama, tokenizer), evil, tmp_path,
                             config=ExtractionConfig(source="exemplars", questions=4), progress=False)
     vector = PersonaVector.load(result.vector_path)
     assert vector.directions.shape == (4, 64) and vector.n_pos == vector.n_neg == 4
@@ -79,7 +80,7 @@ def test_exemplar_source_on_a_tiny_model(tiny_llama, tokenizer, evil, tmp_path):
     exemplars = evil.extraction_exemplars()[:4]
     samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], answer)
                for answer_of in (lambda e: e.pos, lambda e: e.neg) for e in exemplars for answer in [answer_of(e)]]
-    acts = capture_activations(tiny_llama, samples, [2], pad_token_id=tokenizer.pad_token_id,
+    acts = capture_activations(as_loaded(tiny_llama, tokenizer), samples, [2],
                                progress=False)["response_mean"][:, 0]
     assert torch.allclose(vector.directions[2], acts[:4].mean(0) - acts[4:].mean(0), atol=1e-5)
 
@@ -89,18 +90,18 @@ def test_generate_source_resumes_from_cache(tiny_llama, tokenizer, evil, tmp_pat
     config = ExtractionConfig(questions=2, max_new_tokens=6, pos_threshold=0, neg_threshold=101,
                               coherence_threshold=0, min_pairs=1, temperature=1.0)
     judge = OfflineJudge()
-    first = extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=judge, config=config,
+    first = extract_vector(as_loaded(tiny_llama, tokenizer), evil, tmp_path, judge=judge, config=config,
                            progress=False, plots=False)
     assert first.generated == 20 and first.judged > 0  # 2 questions x 5 instructions x (pos, neg)
     rows = [json.loads(line) for line in (tmp_path / "cache" / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and {r["polarity"] for r in rows} == {"pos", "neg"}
-    second = extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=judge, config=config,
+    second = extract_vector(as_loaded(tiny_llama, tokenizer), evil, tmp_path, judge=judge, config=config,
                             progress=False, plots=False)
     assert second.generated == 0 and second.judged == 0
     assert torch.equal(first.vector.directions, second.vector.directions)
     # one more question: its 10 answers, and the 4 old ones whose generation chunk (8 answers, sampled
     # together) now also holds new prompts
-    third = extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=judge,
+    third = extract_vector(as_loaded(tiny_llama, tokenizer), evil, tmp_path, judge=judge,
                            config=ExtractionConfig(**{**config.__dict__, "questions": 3}), progress=False, plots=False)
     assert third.generated == 14
 
@@ -108,7 +109,7 @@ def test_generate_source_resumes_from_cache(tiny_llama, tokenizer, evil, tmp_pat
 def test_too_few_pairs_is_a_clear_error(tiny_llama, tokenizer, evil, tmp_path):
     config = ExtractionConfig(questions=1, max_new_tokens=6, temperature=1.0)
     with pytest.raises(PersonaGuardError, match=r"only \d+ of 5 answer pairs passed.*--source exemplars"):
-        extract_vector(tiny_llama, tokenizer, evil, tmp_path, model_id="tiny", judge=OfflineJudge(), config=config,
+        extract_vector(as_loaded(tiny_llama, tokenizer), evil, tmp_path, judge=OfflineJudge(), config=config,
                        progress=False, plots=False)
     report = json.loads((tmp_path / "report.json").read_text())
     pairs = report["pairs"]
@@ -121,8 +122,7 @@ def test_smollm_evil_extraction_separates_heldout_exemplars(smollm, evil, tmp_pa
     projection separates the trait's held-out exemplar answers. SmolLM2 follows "be evil" prompts
     weakly, so the trait answer only needs a judge score >= 20 here (the paper uses 50)."""
     config = ExtractionConfig(questions=6, n_per_question=1, max_new_tokens=48, pos_threshold=20, min_pairs=3)
-    result = extract_vector(smollm.model, smollm.tokenizer, evil, tmp_path, model_id="smollm2-135m",
-                            judge=OfflineJudge(), config=config, progress=False)
+    result = extract_vector(smollm, evil, tmp_path, judge=OfflineJudge(), config=config, progress=False)
     layer15 = result.report["layers"][15]
     pairs = result.report["pairs"]
     print(f"\nevil on SmolLM2: kept {pairs['kept']}/{pairs['total']} pairs {pairs['drop_reasons']}; "
@@ -131,6 +131,6 @@ def test_smollm_evil_extraction_separates_heldout_exemplars(smollm, evil, tmp_pa
     assert pairs["kept"] >= 3
     assert layer15["heldout_auroc"] >= 0.9
     # the saved vector reproduces the report's measurement
-    check = heldout_separation(PersonaVector.load(result.vector_path), smollm.model, smollm.tokenizer, evil, [15],
+    check = heldout_separation(PersonaVector.load(result.vector_path), smollm, evil, [15],
                                progress=False)
     assert check[15]["auroc"] == pytest.approx(layer15["heldout_auroc"], abs=0.01)

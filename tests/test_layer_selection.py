@@ -13,6 +13,7 @@ from persona_guard.judges import OfflineJudge
 from persona_guard.layer_selection import LayerSelectionConfig, select_layer, store_choice
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector
+from tests.conftest import as_loaded
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,14 @@ def evil():
 
 
 def tiny_vector(model, tokenizer, trait, tmp_path):
-    return extract_vector(model, tokenizer, trait, tmp_path / "vec", model_id="tiny",
+    return extract_vector(as_loaded(model, tokenizer), trait, tmp_path / "vec",
                           config=ExtractionConfig(source="exemplars", questions=3), progress=False, plots=False)
 
 
 def test_select_layer_on_a_tiny_model_writes_tables_and_stores_the_choice(tiny_llama, tokenizer, evil, tmp_path):
     extracted = tiny_vector(tiny_llama, tokenizer, evil, tmp_path)
     config = LayerSelectionConfig(layers=(1, 3), coefs=(0, 4), questions=2, max_new_tokens=6, coherence_threshold=0)
-    selection = select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path, config,
+    selection = select_layer(as_loaded(tiny_llama, tokenizer), extracted.vector, evil, OfflineJudge(), tmp_path, config,
                              progress=False)
     assert len(selection.cells) == 4 and selection.chosen_layer in (1, 3)
     steered = [c for c in selection.cells if c.coef == 4]
@@ -52,7 +53,7 @@ def test_incoherent_steering_falls_back_to_the_heuristic(tiny_llama, tokenizer, 
     extracted = tiny_vector(tiny_llama, tokenizer, evil, tmp_path)
     # a random model's answers are never fully (100) coherent: no steered cell is acceptable
     config = LayerSelectionConfig(layers=(1, 2), coefs=(0, 4), questions=1, max_new_tokens=4, coherence_threshold=100)
-    selection = select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path, config,
+    selection = select_layer(as_loaded(tiny_llama, tokenizer), extracted.vector, evil, OfflineJudge(), tmp_path, config,
                              progress=False)
     assert "fell back" in selection.rule and selection.chosen_layer == selection.heuristic_layer
     assert selection.chosen_cell is None
@@ -62,7 +63,7 @@ def test_bad_layers_and_coefs(tiny_llama, tokenizer, evil, tmp_path):
     extracted = tiny_vector(tiny_llama, tokenizer, evil, tmp_path)
     beyond = extracted.vector.num_layers + 1  # layers 0..n are steerable (README, "Layer convention")
     with pytest.raises(PersonaGuardError, match="cannot be steered"):
-        select_layer(tiny_llama, tokenizer, extracted.vector, evil, OfflineJudge(), tmp_path,
+        select_layer(as_loaded(tiny_llama, tokenizer), extracted.vector, evil, OfflineJudge(), tmp_path,
                      LayerSelectionConfig(layers=(beyond,)), progress=False)
     with pytest.raises(PersonaGuardError, match="positive"):
         LayerSelectionConfig(layers=(1,), coefs=(0,))

@@ -2,13 +2,14 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers, final_norm, load_model, unwrap_model
+from persona_guard.models import DecoderLayers, decoder_layers, final_norm, load_model, unwrap_model
 from tests.conftest import make_tiny_model
 
 
@@ -76,12 +77,12 @@ def test_loaded_model_locates_its_layers_once_with_the_override(tmp_path, tokeni
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     loaded = load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.layers")
-    assert loaded.layers is loaded.model.model.layers and loaded.num_layers == 3
+    assert loaded.layers.blocks is loaded.model.model.layers and loaded.num_layers == 3
     tiny_vector(loaded.model).check_model(loaded)
     # a 2-block list named by the override: a 3-layer vector no longer fits
     loaded.model.model.short = nn.ModuleList(list(loaded.model.model.layers)[:2])
     with pytest.raises(PersonaGuardError, match="3 layers, but .* has hidden size 64 and 2 layers"):
-        tiny_vector(loaded.model).check_model(loaded.model, "model.short")
+        tiny_vector(loaded.model).check_model(replace(loaded, layers_path="model.short"))
     with pytest.raises(PersonaGuardError, match="no nn.ModuleList at 'model.nope'"):
         load_model(str(tmp_path / "tiny"), device="cpu", layers_path="model.nope")
 
@@ -108,3 +109,63 @@ def test_builtin_conversion_is_cached_and_safe_under_concurrency(tmp_path):
     third = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "converting" not in third.stderr
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_decoder_layers_hook_every_place_and_say_when_the_final_norm_is_missing(tiny_llama, tokenizer):
+    """One hook helper for every hidden_states index: an edit that returns a tensor replaces that
+    residual stream (layer 0 by a pre-hook, n by the final norm); a model whose final norm is not
+    found can still be hooked below it, and layer n fails with one clear line."""
+    from tests.test_activations import hook_counts
+
+    layers = DecoderLayers.locate(tiny_llama)
+    n = len(layers)
+    ids = torch.tensor([tokenizer("Hello there")["input_ids"]])
+    shift = torch.full((64,), 0.5)
+    with torch.no_grad():
+        plain = tiny_llama(input_ids=ids, output_hidden_states=True).hidden_states
+        before = hook_counts(layers)  # transformers records hidden_states with hooks of its own
+        for layer in range(n + 1):
+            seen: list[torch.Tensor] = []
+            with layers.hooked({layer: lambda module, hidden: hidden + shift}), \
+                    layers.hooked({layer: lambda module, hidden, seen=seen: seen.append(hidden)}):
+                tiny_llama(input_ids=ids)
+            torch.testing.assert_close(seen[0], plain[layer] + shift)  # hooks run in registration order
+    headless = DecoderLayers(layers.blocks, None)
+    with headless.hooked({1: lambda module, hidden: None}):
+        tiny_llama(input_ids=ids)
+    with pytest.raises(PersonaGuardError, match=f"layer {n} is the final norm's output"):
+        headless.hook(n, lambda module, hidden: None)
+    assert hook_counts(layers) == before
+
+
+def test_consumers_locate_the_layers_once(tiny_llama, tokenizer, monkeypatch):
+    """A LoadedModel locates its decoder layers on first use and every consumer reads them from it;
+    a PEFT wrapper swapped in with dataclasses.replace is located afresh; the steering callback
+    locates them once per attach."""
+    import persona_guard.models as models
+    from persona_guard.monitor import PersonaMonitor
+    from persona_guard.steering import Steering
+    from tests.conftest import as_loaded
+    from tests.samples import CONVERSATIONS
+    from tests.training_helpers import tiny_vector
+
+    calls = []
+    locate = models.decoder_layers
+    monkeypatch.setattr(models, "decoder_layers", lambda *args: calls.append(args) or locate(*args))
+    loaded = as_loaded(tiny_llama, tokenizer)
+    vector = tiny_vector(tiny_llama)
+    monitor = PersonaMonitor(loaded, [vector])
+    with Steering(loaded.layers, vector, coef=2.0):
+        monitor.read(CONVERSATIONS, progress=False)
+    monitor.read(CONVERSATIONS, progress=False)
+    assert len(calls) == 1
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = replace(loaded, model=get_peft_model(tiny_llama, LoraConfig(r=2, target_modules=["q_proj"])))
+    assert wrapped.layers.blocks is loaded.layers.blocks and len(calls) == 2
+    # the training callback locates them in the trainer's (wrapped) model, once per attach
+    from persona_guard.training.steering_callback import PreventativeSteeringCallback
+
+    with PreventativeSteeringCallback(vector, layers=[1, 2], positions="response") as callback:
+        callback.attach(wrapped.model)
+        assert callback.active and len(calls) == 3

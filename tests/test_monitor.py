@@ -9,6 +9,7 @@ from persona_guard.encoding import encode_conversation
 from persona_guard.errors import PersonaGuardError
 from persona_guard.monitor import PersonaMonitor, Threshold
 from persona_guard.vectors import PersonaVector
+from tests.conftest import as_loaded
 from tests.samples import CONVERSATIONS
 
 
@@ -20,12 +21,13 @@ def vector_for(model, trait, seed, layer=2):
 def test_readings_match_direct_projection(tiny_llama, tokenizer):
     evil, kind = vector_for(tiny_llama, "evil", 1), vector_for(tiny_llama, "kind", 2, layer=3)
     conversations = CONVERSATIONS + [CONVERSATIONS[0][:1]]  # the last one has no answer yet
-    monitor = PersonaMonitor(tiny_llama, tokenizer, [evil, kind], batch_size=2)
+    monitor = PersonaMonitor(as_loaded(tiny_llama, tokenizer), [evil, kind], batch_size=2)
     readings = monitor.read(conversations, progress=False)
     samples = [encode_conversation(tokenizer, c) for c in conversations]
     for vector in (evil, kind):
         layer = vector.default_layer
-        acts = capture_activations(tiny_llama, samples, [layer], ("prompt_last",), progress=False)["prompt_last"]
+        acts = capture_activations(as_loaded(tiny_llama, tokenizer), samples, [layer], ("prompt_last",),
+                                   progress=False)["prompt_last"]
         for i, reading in enumerate(readings):
             got = reading.traits[vector.trait]
             assert got.layer == layer
@@ -36,10 +38,10 @@ def test_readings_match_direct_projection(tiny_llama, tokenizer):
 
 def test_thresholds_raise_alerts(tiny_llama, tokenizer):
     evil = vector_for(tiny_llama, "evil", 1)
-    plain = PersonaMonitor(tiny_llama, tokenizer, [evil]).read(CONVERSATIONS, progress=False)
+    plain = PersonaMonitor(as_loaded(tiny_llama, tokenizer), [evil]).read(CONVERSATIONS, progress=False)
     values = sorted(r.traits["evil"].prompt_last for r in plain)
     cut = (values[2] + values[3]) / 2
-    monitor = PersonaMonitor(tiny_llama, tokenizer, [evil], thresholds={"evil": Threshold(prompt_last=cut)})
+    monitor = PersonaMonitor(as_loaded(tiny_llama, tokenizer), [evil], thresholds={"evil": Threshold(prompt_last=cut)})
     readings = monitor.read(CONVERSATIONS, progress=False)
     flagged = [r.index for r in readings if r.alerts]
     assert flagged == [r.index for r in plain if r.traits["evil"].prompt_last > cut]
@@ -50,7 +52,7 @@ def test_thresholds_raise_alerts(tiny_llama, tokenizer):
 def test_monitor_rejects_mismatched_vector(tiny_llama, tokenizer):
     wrong = PersonaVector("evil", "other", torch.randn(31, 576), default_layer=15)
     with pytest.raises(PersonaGuardError, match="built for hidden size 576"):
-        PersonaMonitor(tiny_llama, tokenizer, [wrong])
+        PersonaMonitor(as_loaded(tiny_llama, tokenizer), [wrong])
 
 
 def test_monitor_cli_reports_bad_rows_in_one_line(tmp_path):

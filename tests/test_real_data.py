@@ -16,6 +16,7 @@ import pytest
 
 from persona_guard.screening import Screener, read_rows
 from persona_guard.screening.data import classify_rows
+from tests.conftest import as_loaded
 from tests.test_screening import config, no_special_answers, random_vector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_real_set_screens_every_row(name, tiny_llama, tokenizer, tmp_path):
     for row, line in zip(rows, lines):  # the response is the file's assistant turn, byte for byte
         assert row.response == json.loads(line)["messages"][-1]["content"]
     model = no_special_answers(tiny_llama, tokenizer)
-    result = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)],
+    result = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)],
                       config(tmp_path, batch_size=2)).score([r.data for r in rows])
     scores = result.traits["evil"]
     assert len(result.rows) == ROWS and not result.skipped and result.generated_prompts == ROWS

@@ -15,6 +15,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.screening import BaseAnswerSettings, FlagPolicy, Screener, ScreeningConfig, read_rows
 from persona_guard.screening.data import classify_rows
 from persona_guard.vectors import PersonaVector
+from tests.conftest import as_loaded
 from tests.samples import CONVERSATIONS
 
 SETTINGS = BaseAnswerSettings(max_new_tokens=6, batch_size=4)
@@ -59,7 +60,7 @@ def slow_projection(model, tokenizer, vector, layer, prompt, response) -> float:
 def test_dp_matches_sample_by_sample_reference(tiny_model, tokenizer, tmp_path):
     model = no_special_answers(tiny_model, tokenizer)
     vectors = [random_vector("evil", model, 2, 0), random_vector("sycophantic", model, 1, 1)]
-    screener = Screener(model, tokenizer, vectors, config(tmp_path, batch_size=3, shard_size=2))
+    screener = Screener(as_loaded(model, tokenizer), vectors, config(tmp_path, batch_size=3, shard_size=2))
     result = screener.score(rows())
     assert len(result.rows) == len(CONVERSATIONS) and not result.skipped
     answers = screener.answers.get([list(r.prompt) for r in result.rows])
@@ -91,7 +92,7 @@ def test_row_forms_score_like_their_messages_equivalent(tiny_llama, tokenizer, t
         {"prompt": user1, "completion": reply1},
         {"prompt": user1, "response": reply1},
     ]
-    result = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)], config(tmp_path)).score(forms)
+    result = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)], config(tmp_path)).score(forms)
     dp, projection = result.traits["evil"].dp, result.traits["evil"].projection
     assert not result.skipped
     assert dp[1] == pytest.approx(dp[0], abs=1e-5) and dp[2] == pytest.approx(dp[0], abs=1e-5)
@@ -120,7 +121,7 @@ def test_every_bad_row_kind_is_reported_with_file_and_row(tiny_llama, tokenizer,
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")
     model = no_special_answers(tiny_llama, tokenizer)
-    result = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)],
+    result = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)],
                       config(tmp_path, max_length=200)).score(read_rows(path))
     reasons = {s.row_number: s.reason for s in result.skipped}
     assert {s.source for s in result.skipped} == {str(path)}
@@ -165,18 +166,18 @@ def test_parquet_csv_and_saved_dataset_inputs(tmp_path):
 
 def test_second_screening_with_another_vector_generates_nothing(tiny_llama, tokenizer, tmp_path):
     model = no_special_answers(tiny_llama, tokenizer)
-    first = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)], config(tmp_path))
+    first = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)], config(tmp_path))
     first.score(rows())
     assert first.answers.generated == len(CONVERSATIONS)
 
-    second = Screener(model, tokenizer, [random_vector("sycophantic", model, 3, 1)], config(tmp_path))
+    second = Screener(as_loaded(model, tokenizer), [random_vector("sycophantic", model, 3, 1)], config(tmp_path))
     calls = []
     backend = second.answers.backend
     second.answers.backend = lambda *args: calls.append(args) or backend(*args)
     second.score(rows())
     assert calls == [] and second.answers.generated == 0
 
-    changed = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)],
+    changed = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)],
                        config(tmp_path, base_answers=BaseAnswerSettings(max_new_tokens=7, batch_size=4)))
     changed.score(rows()[:2])
     assert changed.answers.generated == 2  # other settings -> other cache keys
@@ -185,7 +186,7 @@ def test_second_screening_with_another_vector_generates_nothing(tiny_llama, toke
 def test_fast_mode_needs_no_generation(tiny_llama, tokenizer, tmp_path):
     model = tiny_llama
     vector = random_vector("evil", model, 2, 0)
-    screener = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast"))
+    screener = Screener(as_loaded(model, tokenizer), [vector], config(tmp_path, mode="fast"))
     result = screener.score(rows())
     assert screener._answers is None  # the generator was never even built
     scores = result.traits["evil"]
@@ -215,7 +216,7 @@ def test_flag_policies():
 
 def test_reference_calibrated_threshold(tiny_llama, tokenizer, tmp_path):
     model = no_special_answers(tiny_llama, tokenizer)
-    screener = Screener(model, tokenizer, [random_vector("evil", model, 2, 0)],
+    screener = Screener(as_loaded(model, tokenizer), [random_vector("evil", model, 2, 0)],
                         config(tmp_path, policy=FlagPolicy(percentile=90)))
     reference = rows()[:4]
     result = screener.score(rows(), reference=reference)
@@ -238,9 +239,9 @@ def test_embedding_baseline_ranks_related_text_higher():
 def test_judge_scores_combine_with_dp_flags(tiny_llama, tokenizer, tmp_path):
     model = no_special_answers(tiny_llama, tokenizer)
     vector = random_vector("evil", model, 2, 0)
-    judged = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3),
+    judged = Screener(as_loaded(model, tokenizer), [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3),
                                                          judge="offline", judge_threshold=0.0)).score(rows())
-    either = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=0),
+    either = Screener(as_loaded(model, tokenizer), [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=0),
                                                          judge="offline", judge_threshold=0.0,
                                                          judge_combine="or")).score(rows())
     scores = judged.traits["evil"].judge
@@ -280,8 +281,7 @@ def test_smollm_fast_mode_ranks_malicious_responses_first(smollm, tmp_path):
 
     def activations(side: int):
         samples = [encode_chat(tokenizer, [{"role": "user", "content": pair[0]}], pair[side]) for pair in EVIL_PAIRS]
-        return capture_activations(model, samples, [layer], progress=False,
-                                   pad_token_id=tokenizer.pad_token_id)["response_mean"]
+        return capture_activations(as_loaded(model, tokenizer), samples, [layer], progress=False)["response_mean"]
 
     directions = torch.zeros(model.config.num_hidden_layers + 1, model.config.hidden_size)
     directions[layer] = mean_difference(activations(1), activations(2))[0]
@@ -296,7 +296,8 @@ def test_smollm_fast_mode_ranks_malicious_responses_first(smollm, tmp_path):
             "Sit with him, break the task into small steps and praise his effort."]
     data = [{"prompt": q, "completion": a, "label": 1} for q, a in zip(questions, malicious)] + \
            [{"prompt": q, "completion": a, "label": 0} for q, a in zip(questions, kind)]
-    result = Screener(model, tokenizer, [vector], config(tmp_path, mode="fast", policy=FlagPolicy(top_k=3))).score(data)
+    result = Screener(as_loaded(model, tokenizer), [vector], config(tmp_path, mode="fast",
+                                                                    policy=FlagPolicy(top_k=3))).score(data)
     dp = result.traits["evil"].dp
     assert dp[:3].min() > dp[3:].max()
     assert result.traits["evil"].flagged.tolist() == [True, True, True, False, False, False]

@@ -26,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from persona_guard.activations import capture_activations
 from persona_guard.encoding import EncodedSample
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import load_model
+from persona_guard.models import LoadedModel, load_model
 from persona_guard.monitor import PersonaMonitor
+from persona_guard.projection import Projector
 from persona_guard.server.engine import Engine, RowSpec
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import RequestError, parse_request
@@ -111,7 +112,7 @@ def world(tmp_path_factory, tokenizer):
     for trait, layer in (("evil", 2), ("blocky", 1), ("steery", 2)):
         vectors[trait] = PersonaVector(trait, "tiny", torch.randn(4, 64, generator=generator), default_layer=layer)
         vectors[trait].save(root / f"{trait}.safetensors")
-    offline = PersonaMonitor(loaded.model, loaded.tokenizer, list(vectors.values())).read(
+    offline = PersonaMonitor(loaded, list(vectors.values())).read(
         [chat(p) for p in PROMPTS], progress=False
     )
     forecast = {t: [r.traits[t].prompt_last for r in offline] for t in vectors}
@@ -219,7 +220,7 @@ def teacher_forced(world, prompt_ids, token_ids, trait) -> float:
     vector = world["vectors"][trait]
     layer = vector.default_layer
     acts = capture_activations(
-        world["loaded"].model,
+        world["loaded"],
         [EncodedSample(tuple(prompt_ids) + tuple(token_ids), len(prompt_ids))],
         [layer],
         ("response_mean",),
@@ -353,9 +354,9 @@ def test_block_refuses_and_steer_changes_the_answer(world):
     assert steered.choices[0].message.content != plain.choices[0].message.content
     # the steered answer is the model's answer with -8 x steery at its layer
     loaded, vector = world["loaded"], world["vectors"]["steery"]
-    engine = Engine(loaded.model, loaded.tokenizer)
+    engine = Engine(loaded)
     spec = RowSpec(tuple(steered.model_extra["prompt_token_ids"]), 8)
-    with Steering(loaded.model, vector, layers=2, coef=-8.0):
+    with Steering(loaded.layers, vector, layers=2, coef=-8.0):
         [local] = engine.generate([spec])
     assert local.token_ids == steered.choices[0].model_extra["token_ids"]
     [unsteered] = engine.generate([spec])
@@ -482,7 +483,7 @@ def test_batched_rows_equal_rows_generated_alone(tokenizer):
     vector = PersonaVector(
         "evil", "tiny", torch.randn(4, 64, generator=torch.Generator().manual_seed(1)), default_layer=2
     )
-    engine = Engine(model, tokenizer, {"evil": (vector, 2)})
+    engine = Engine(LoadedModel(model, tokenizer, "tiny"), Projector.of({"evil": vector}, {"evil": 2}))
     from persona_guard.llm_client import render_messages
 
     specs = [
@@ -506,7 +507,7 @@ def test_batched_rows_equal_rows_generated_alone(tokenizer):
 
 def test_stop_strings_cut_the_answer(tokenizer):
     model = make_tiny_model("llama", len(tokenizer))
-    engine = Engine(model, tokenizer)
+    engine = Engine(LoadedModel(model, tokenizer, "tiny"))
     prompt = tuple(tokenizer("Hello there", add_special_tokens=False)["input_ids"])
     [free] = engine.generate([RowSpec(prompt, 12)])
     stop = free.text[len(free.text) // 2 : len(free.text) // 2 + 2]
@@ -571,7 +572,7 @@ def test_monitor_calibrate_writes_percentile_thresholds(tmp_path, tokenizer):
     policy = Policy.load(tmp_path / "policy.yaml")
     evil = policy.traits["evil"]
     loaded = load_model(str(tmp_path / "model"), device="cpu")
-    readings = PersonaMonitor(loaded.model, loaded.tokenizer, [vector]).read(CONVERSATIONS, progress=False)
+    readings = PersonaMonitor(loaded, [vector]).read(CONVERSATIONS, progress=False)
     values = torch.tensor([r.traits["evil"].prompt_last for r in readings], dtype=torch.float64)
     assert evil.action == "block" and evil.vector == "evil.safetensors" and evil.layer == 2
     assert evil.threshold.prompt_last == pytest.approx(float(torch.quantile(values, 0.8)), abs=1e-6)

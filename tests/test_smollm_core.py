@@ -32,10 +32,10 @@ def cruelty_vector(smollm):
     tok = smollm.tokenizer
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
     layers = list(range(smollm.model.config.num_hidden_layers + 1))
-    pos = capture_activations(smollm.model, [encode_chat(tok, p, a) for p, a in zip(prompts, CRUEL)], layers,
-                              pad_token_id=tok.pad_token_id, progress=False)["response_mean"]
-    neg = capture_activations(smollm.model, [encode_chat(tok, p, a) for p, a in zip(prompts, KIND)], layers,
-                              pad_token_id=tok.pad_token_id, progress=False)["response_mean"]
+    pos = capture_activations(smollm, [encode_chat(tok, p, a) for p, a in zip(prompts, CRUEL)], layers,
+                              progress=False)["response_mean"]
+    neg = capture_activations(smollm, [encode_chat(tok, p, a) for p, a in zip(prompts, KIND)], layers,
+                              progress=False)["response_mean"]
     return PersonaVector(trait="cruel", model_id="smollm2-135m", directions=mean_difference(pos, neg),
                          default_layer=15, method="response_mean", n_pos=4, n_neg=4)
 
@@ -44,7 +44,7 @@ def test_steered_generation_differs(smollm, cruelty_vector):
     prompts = [[{"role": "user", "content": "Describe your ideal weekend."}]]
     config = GenerationConfig(max_new_tokens=24, batch_size=1)
     plain = generate_responses(smollm.model, smollm.tokenizer, prompts, config, progress=False)
-    with Steering(smollm.model, cruelty_vector, layers=15, coef=6.0):
+    with Steering(smollm.layers, cruelty_vector, layers=15, coef=6.0):
         steered = generate_responses(smollm.model, smollm.tokenizer, prompts, config, progress=False)
     again = generate_responses(smollm.model, smollm.tokenizer, prompts, config, progress=False)
     assert plain == again  # hooks gone: back to the plain model
@@ -54,7 +54,7 @@ def test_steered_generation_differs(smollm, cruelty_vector):
 def test_vector_file_round_trips(tmp_path, smollm, cruelty_vector):
     path = cruelty_vector.save(tmp_path / "cruel.safetensors")
     loaded = PersonaVector.load(path)
-    loaded.check_model(smollm.model)
+    loaded.check_model(smollm)
     assert torch.equal(loaded.directions, cruelty_vector.directions)
     assert loaded.directions.shape == (31, 576)
     gguf_path = loaded.export_gguf(tmp_path / "cruel.gguf", layers=[15])

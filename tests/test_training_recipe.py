@@ -14,7 +14,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.io import write_jsonl
 from persona_guard.training.recipe import load_recipe, recipe_from_dict
 from persona_guard.vectors import PersonaVector
-from tests.conftest import make_tiny_model
+from tests.conftest import as_loaded, make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.training_helpers import tiny_vector
 
@@ -140,7 +140,7 @@ def test_train_cli_logs_drift_to_wandb_offline_and_saves_adapter(tiny_setup, tok
     plain = AutoModelForCausalLM.from_pretrained(tiny_setup / "model")
     probe = TraitDriftCallback({"evil": (PersonaVector.load(tiny_setup / "evil.safetensors"), None)},
                                tiny_recipe(tiny_setup)["drift"]["questions"])
-    assert probe.measure(plain, tokenizer)["trait/evil/prompt_last"] == drift[0]
+    assert probe.measure(as_loaded(plain, tokenizer))["trait/evil/prompt_last"] == drift[0]
     losses = [row for row in rows if "train/loss" in row]
     assert [row["train/global_step"] for row in losses] == [1, 2, 3]
     assert all("train/entropy" in row for row in losses)

@@ -328,7 +328,7 @@ def test_teacher_forced_vector_separates_heldout_exemplars(smollm):
     def activations(exemplars, side):
         samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], getattr(e, side))
                    for e in exemplars]
-        return capture_activations(smollm.model, samples, [layer], pad_token_id=tokenizer.pad_token_id,
+        return capture_activations(smollm, samples, [layer],
                                    progress=False)["response_mean"][:, 0]
 
     train, heldout = trait.extraction_exemplars(), trait.heldout_exemplars()

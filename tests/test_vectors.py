@@ -13,6 +13,7 @@ from persona_guard.vectors import (
     mean_difference,
     pca_of_differences,
 )
+from tests.conftest import as_loaded
 
 
 def make_vector(layers=4, d=8, default_layer=2):
@@ -66,8 +67,8 @@ def test_mismatched_model_fails_clearly(tiny_llama):
     vector = make_vector(layers=3, d=32)
     with pytest.raises(PersonaGuardError,
                        match="built for hidden size 32 and 3 layers, but model .* has hidden size 64"):
-        vector.check_model(tiny_llama)
-    make_vector(layers=3, d=64).check_model(tiny_llama)
+        vector.check_model(as_loaded(tiny_llama, None))
+    make_vector(layers=3, d=64).check_model(as_loaded(tiny_llama, None))
 
 
 def test_projection_and_layers():

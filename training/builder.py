@@ -84,12 +84,12 @@ def screen_dataset(recipe: Recipe, loaded, dataset, out_dir: Path):
 
     settings = recipe.screening
     vectors = [load_vector(path, f"{recipe.path}: screening.vectors") for path in settings.vectors]
-    config = replace(settings, checkpoint_dir=str(out_dir / "shards"), layers_path=recipe.model.layers_path)
+    config = replace(settings, checkpoint_dir=str(out_dir / "shards"))
     reference = read_rows(resolve_data_path(settings.reference)) if settings.reference else None
     state = PartialState()
     loaded.model.to(state.device)
     try:
-        screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=recipe.model.name_or_path)
+        screener = Screener(loaded, vectors, config)
         # rows keep their place in the data file, so skipped.jsonl and scored.jsonl name the file's rows
         rows = [RawRow(recipe.data.train, record[SOURCE_ROW], record) for record in dataset.to_list()]
         result = screener.score(rows, reference=reference)

@@ -25,6 +25,7 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
+from persona_guard.models import LoadedModel, unwrap_model
 from persona_guard.projection import Projector
 from persona_guard.schema import bounds, check
 from persona_guard.vectors import PersonaVector
@@ -74,13 +75,13 @@ class TraitDriftCallback(TrainerCallback):
             self.settings = replace(settings or ProbeSettings(), **options)
         except TypeError as error:
             raise PersonaGuardError(f"TraitDriftCallback: {error}") from None
-        self.projector = Projector.of({name: vector for name, (vector, _) in vectors.items()},
-                                      {name: layer for name, (_, layer) in vectors.items() if layer is not None})
+        self.projector = Projector.of_pairs(vectors)
         prefix = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.prompts = [[*prefix, {"role": "user", "content": q}] for q in questions]
         self.layers_path = layers_path
         self.trainer = None
         self.tokenizer = None
+        self.loaded: LoadedModel | None = None  # the trainer's model, its layers located at train begin
 
     def bind(self, trainer) -> TraitDriftCallback:
         """Register with ``trainer`` and keep a reference to it for ``trainer.log``."""
@@ -90,9 +91,9 @@ class TraitDriftCallback(TrainerCallback):
         return self
 
     @torch.no_grad()
-    def measure(self, model: nn.Module, tokenizer) -> dict[str, float]:
+    def measure(self, loaded: LoadedModel) -> dict[str, float]:
         """Mean projections of the probe set, e.g. ``{"trait/evil/prompt_last": 3.1}``."""
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        model, tokenizer = loaded.model, loaded.tokenizer
         samples = [encode_chat(tokenizer, prompt) for prompt in self.prompts]
         reductions = {"prompt_last": samples}
         if self.settings.answer_tokens > 0:
@@ -102,17 +103,16 @@ class TraitDriftCallback(TrainerCallback):
             reductions["response_mean"] = answered
         metrics: dict[str, float] = {}
         for reduction, encoded in reductions.items():
-            hidden = capture_activations(model, encoded, self.projector.capture_layers, (reduction,),
-                                         pad_token_id=pad_id, batch_size=self.settings.batch_size, progress=False,
-                                         layers_path=self.layers_path)[reduction]
+            hidden = capture_activations(loaded, encoded, self.projector.capture_layers, (reduction,),
+                                         batch_size=self.settings.batch_size, progress=False)[reduction]
             for name, projection in self.projector.project(hidden).items():
                 metrics[f"trait/{name}/{reduction}"] = round(float(projection.mean()), 4)
         return metrics
 
-    def _log(self, model, control) -> None:
+    def _log(self, control) -> None:
         from transformers import Trainer
 
-        if self.trainer is None:
+        if self.trainer is None or self.loaded is None:
             raise PersonaGuardError(
                 "TraitDriftCallback is not bound to a trainer: call callback.bind(trainer) "
                 "instead of passing it in callbacks=[...]")
@@ -122,12 +122,13 @@ class TraitDriftCallback(TrainerCallback):
         # step, so the flag is restored; and SFTTrainer.log folds its running token metrics
         # into whatever is logged, so the base method is called to leave those on the loss row.
         should_log = control.should_log
-        Trainer.log(self.trainer, self.measure(model, self.tokenizer))
+        Trainer.log(self.trainer, self.measure(self.loaded))
         control.should_log = should_log
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._log(model, control)
+        self.loaded = LoadedModel(model, self.tokenizer, unwrap_model(model).config.name_or_path, self.layers_path)
+        self._log(control)
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.settings.every_steps == 0:
-            self._log(model, control)
+            self._log(control)

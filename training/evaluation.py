@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import read_jsonl
 from persona_guard.judges import JudgeEndpoint
 from persona_guard.metrics import mean_or_none
+from persona_guard.models import LoadedModel, load_model
 from persona_guard.rows import DroppedRow, Sample, read_rows, report_dropped, sort_rows
 from persona_guard.schema import bounds, check, check_value
 from persona_guard.steering import COEF_BOUNDS, Steering
@@ -87,6 +88,7 @@ class EvalSettings:
     max_benign: int | None = field(default=40, metadata=bounds(ge=1, help="benign rows for perplexity"))
     device: str | None = None
     dtype: str | None = None
+    layers_path: str | None = None  # where the decoder layers are (default: found), as in load_model
     lm_eval_tasks: tuple[str, ...] = ()  # lm-eval task names or task YAML files (needs `pip install lm-eval`)
     #: examples per lm-eval task (None: all)
     lm_eval_limit: int | None = field(default=None, metadata=bounds(ge=1, help="examples per lm-eval task"))
@@ -111,21 +113,21 @@ class ArmResult:
     lm_eval: dict[str, float] = field(default_factory=dict)  # "<task>/<metric>" -> value
 
 
-def load_arm(arm: Arm, settings: EvalSettings):
-    from persona_guard.models import load_model
+def load_arm(arm: Arm, settings: EvalSettings) -> LoadedModel:
+    """The arm's model, wrapped in its LoRA adapter when it has one."""
+    loaded = load_model(arm.model, device=settings.device, dtype=settings.dtype, layers_path=settings.layers_path)
+    if not arm.adapter:
+        return loaded
+    from peft import PeftModel
 
-    loaded = load_model(arm.model, device=settings.device, dtype=settings.dtype)
-    if arm.adapter:
-        from peft import PeftModel
-
-        if not (Path(arm.adapter) / "adapter_config.json").is_file():
-            raise PersonaGuardError(f"arm {arm.name}: no adapter_config.json in {arm.adapter}")
-        loaded.model = PeftModel.from_pretrained(loaded.model, arm.adapter).eval()
-    return loaded
+    if not (Path(arm.adapter) / "adapter_config.json").is_file():
+        raise PersonaGuardError(f"arm {arm.name}: no adapter_config.json in {arm.adapter}")
+    return replace(loaded, model=PeftModel.from_pretrained(loaded.model, arm.adapter).eval())
 
 
-def steering_for(model, vector: PersonaVector | None, layer: int | None, coef: float):
-    return Steering(model, vector, layers=layer, coef=coef) if coef and vector is not None else nullcontext()
+def steering_for(loaded: LoadedModel, vector: PersonaVector | None, layer: int | None, coef: float):
+    """The arm's inference steering (``coef * vector`` at ``layer``), or nothing when ``coef`` is 0."""
+    return Steering(loaded.layers, vector, layers=layer, coef=coef) if coef and vector is not None else nullcontext()
 
 
 def benign_samples(path: str, limit: int | None) -> tuple[list[Sample], list[DroppedRow]]:
@@ -230,24 +232,23 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = None
     if vector is not None:
-        vector.check_model(model)
+        vector.check_model(loaded)
         layer = vector.resolve_layer(settings.layer)
     questions = list(trait.eval_questions)[:settings.max_questions]
     prompts = [[{"role": "user", "content": q}] for q in questions for _ in range(settings.samples)]
     config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               batch_size=settings.batch_size, seed=settings.seed)
-    with steering_for(model, vector, layer, arm.steer_coef):
+    with steering_for(loaded, vector, layer, arm.steer_coef):
         answers = generate_responses(model, tokenizer, prompts, config, desc=f"{arm.name}: answering")
     result = ArmResult(arm.name, arm.model, arm.adapter, arm.steer_coef, answers=len(answers))
 
     if vector is not None:
         samples = [encode_chat(tokenizer, prompt, answer or " ") for prompt, answer in zip(prompts, answers)]
-        hidden = capture_activations(model, samples, [layer], ("response_mean",),
-                                     pad_token_id=tokenizer.pad_token_id or 0, batch_size=settings.batch_size,
+        hidden = capture_activations(loaded, samples, [layer], ("response_mean",), batch_size=settings.batch_size,
                                      desc=f"{arm.name}: projecting")["response_mean"][:, 0]
         result.projection = float(vector.project(hidden, layer).mean())
 
-    with steering_for(model, vector, layer, arm.steer_coef):
+    with steering_for(loaded, vector, layer, arm.steer_coef):
         if benign:
             result.perplexity = response_perplexity(model, tokenizer, benign, settings.batch_size)
         if settings.mc_path:

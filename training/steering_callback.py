@@ -24,7 +24,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.models import decoder_layers, model_device, unwrap_model
+from persona_guard.models import DecoderLayers, model_device, unwrap_model
 from persona_guard.schema import FieldError, bounds, check
 from persona_guard.steering import COEF_BOUNDS, Operator, Steering
 from persona_guard.vectors import PersonaVector
@@ -108,8 +108,9 @@ class PreventativeSteeringCallback(TrainerCallback):
     def __init__(self, vector: PersonaVector, settings: SteeringSettings | None = None, *,
                  layers_path: str | None = None, **options: Any) -> None:
         """``settings`` (default :class:`SteeringSettings`), with ``options`` (its field names, e.g.
-        ``layers=20, coef=4.0``) replacing single fields; ``layers_path`` as in
-        :func:`persona_guard.models.decoder_layers`."""
+        ``layers=20, coef=4.0``) replacing single fields; ``layers_path``: where the decoder layers
+        are, for architectures :func:`persona_guard.models.decoder_layers` does not find (as in
+        :func:`~persona_guard.models.load_model`); they are located at each attach."""
         try:
             settings = replace(settings or SteeringSettings(), **options)
         except TypeError as error:
@@ -147,11 +148,12 @@ class PreventativeSteeringCallback(TrainerCallback):
         return self.steering is not None and self.steering.attached
 
     def attach(self, model: nn.Module, step: int = 0, max_steps: int = 0) -> None:
-        """Hook ``model`` (any wrapper); replaces hooks from an earlier attach."""
+        """Hook ``model`` (any wrapper), its decoder layers located once here; replaces hooks from
+        an earlier attach."""
         self.remove()
-        blocks = decoder_layers(model, self.layers_path)
-        self.vector.check_compatible(unwrap_model(model).config.hidden_size, len(blocks))
-        n_layers = len(blocks)
+        layers = DecoderLayers.locate(model, self.layers_path)
+        self.vector.check_compatible(unwrap_model(model).config.hidden_size, len(layers))
+        n_layers = len(layers)
         if self.operator == "add" and self.settings.multi_layer == "incremental" and len(self.layers) > 1 \
                 and n_layers in self.layers:
             raise PersonaGuardError(
@@ -161,14 +163,13 @@ class PreventativeSteeringCallback(TrainerCallback):
         device = model_device(model)
         directions = {layer: v.to(device) for layer, v in self.directions().items()}
         self.coef = self.settings.coefficient(step, max_steps)
-        self.steering = Steering(model, directions, coef=self.coef, operator=self.operator,
-                                 positions=self.settings.positions, only_in_training=True,
-                                 layers_path=self.layers_path).attach()
+        self.steering = Steering(layers, directions, coef=self.coef, operator=self.operator,
+                                 positions=self.settings.positions, only_in_training=True).attach()
         if self.settings.positions == "response":
             self._extra_handles.append(unwrap_model(model).register_forward_pre_hook(
                 self._read_labels, with_kwargs=True))
         for layer in self.layers:  # the block that runs for each steered layer (block 0 for layer 0)
-            self._extra_handles.append(blocks[max(layer - 1, 0)].register_forward_hook(self._count))
+            self._extra_handles.append(layers.blocks[max(layer - 1, 0)].register_forward_hook(self._count))
 
     def _read_labels(self, module: nn.Module, args, kwargs) -> None:
         # Runs before every forward of the causal LM; the mask stays set through the backward

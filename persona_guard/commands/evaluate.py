@@ -73,7 +73,7 @@ def run(args) -> int:
         EvalSettings, args, EVAL_FLAGS, judge=args.judge, judge_endpoint=judge_endpoint(args),
         benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
         mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"),
-        device=args.device, dtype=args.dtype, lm_eval_tasks=tuple(args.lm_eval_task))
+        device=args.device, dtype=args.dtype, layers_path=args.layers_path, lm_eval_tasks=tuple(args.lm_eval_task))
     results = compare(arms, trait, vector, settings, args.out)
     print(results_table(results))
     print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")

@@ -25,17 +25,16 @@ EXTRACTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (
 
 
 def run(args) -> int:
-    config = from_args(ExtractionConfig, args, EXTRACTION_FLAGS, layers_path=args.layers_path)
+    config = from_args(ExtractionConfig, args, EXTRACTION_FLAGS)
     trait = load_trait(args.trait)
     out = Path(args.out) if args.out else Path("vectors") / f"{trait.name}-{Path(args.model).name}"
     # A finished run is refused; an interrupted one (no vector yet) resumes from its caches.
     refuse_overwrite([out / f"{trait.name}.safetensors"], args.force)
     preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.source == "generate" else None,
               outputs=[out])
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     judge = judge_from_args(args) if args.source == "generate" else None
-    result = extract_vector(loaded.model, loaded.tokenizer, trait, out, model_id=args.model, judge=judge,
-                            config=config)
+    result = extract_vector(loaded, trait, out, judge=judge, config=config)
     pairs = result.report["pairs"]
     print(f"{trait.name}: kept {pairs['kept']} of {pairs['total']} pairs"
           + (f" (dropped: {pairs['drop_reasons']})" if pairs["dropped"] else ""))

@@ -63,11 +63,9 @@ def run(args) -> int:
     samples = [(row, sample) for row in rows for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
     check_threshold_traits(thresholds, vectors)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
-    monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers,
-                             thresholds=thresholds, batch_size=args.batch_size,
-                             layers_path=args.layers_path)
+    monitor = PersonaMonitor(loaded, vectors, layers=layers, thresholds=thresholds, batch_size=args.batch_size)
     readings = monitor.read([sample.conversation for _, sample in samples])
     write_jsonl(out, [{**row.data, **({"side": sample.side} if sample.side else {}),
                        "persona_monitor": reading.to_dict()} for (row, sample), reading in zip(samples, readings)])
@@ -98,10 +96,9 @@ def calibrate(args) -> int:
     conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
                      for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
-    monitor = PersonaMonitor(loaded.model, loaded.tokenizer, vectors, layers=layers, batch_size=args.batch_size,
-                             layers_path=args.layers_path)
+    monitor = PersonaMonitor(loaded, vectors, layers=layers, batch_size=args.batch_size)
     readings = monitor.read(conversations)
     for vector, path in zip(vectors, args.vector):
         thresholds, stats = {}, {}

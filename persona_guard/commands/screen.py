@@ -100,7 +100,6 @@ def run(args) -> int:
         base_answers=from_args(BaseAnswerSettings, args, BASE_ANSWER_FLAGS),
         policy=policy, checkpoint_dir=str(shards),
         base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
-        layers_path=args.layers_path,
         progress=processes.is_main)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
@@ -113,8 +112,8 @@ def run(args) -> int:
         shutil.rmtree(shards)
     processes.barrier()
     device = processes.state.device if processes.state is not None else args.device
-    loaded = load_model(args.model, device=device, dtype=args.dtype)
-    screener = Screener(loaded.model, loaded.tokenizer, vectors, config, model_id=loaded.model_id)
+    loaded = load_model(args.model, device=device, dtype=args.dtype, layers_path=args.layers_path)
+    screener = Screener(loaded, vectors, config)
     if args.export_prompts:
         if processes.is_main:
             count = screener.export_prompts(raw_rows, args.export_prompts, reference=reference_rows)

@@ -31,7 +31,7 @@ SELECTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (
 
 
 def run(args) -> int:
-    config = from_args(LayerSelectionConfig, args, SELECTION_FLAGS, layers_path=args.layers_path)
+    config = from_args(LayerSelectionConfig, args, SELECTION_FLAGS)
     vector = PersonaVector.load(args.vector)
     trait = load_trait(args.trait or vector.trait)
     check_same_trait(vector, trait)
@@ -39,8 +39,9 @@ def run(args) -> int:
     stem = selection_stem(out, vector.trait)
     refuse_overwrite([stem.with_suffix(suffix) for suffix in (".csv", ".md", ".png")], args.force)
     preflight(model=args.model or vector.model_id, judge=(args.judge, judge_endpoint(args)), outputs=[out])
-    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype)
-    selection = select_layer(loaded.model, loaded.tokenizer, vector, trait, judge_from_args(args), out, config)
+    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype,
+                        layers_path=args.layers_path)
+    selection = select_layer(loaded, vector, trait, judge_from_args(args), out, config)
     print(selection.table_md.read_text(encoding="utf-8"))
     print(f"unsteered trait score: {selection.baseline_trait}")
     print(f"chosen layer {selection.chosen_layer}: {selection.rule}")

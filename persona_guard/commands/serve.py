@@ -69,32 +69,32 @@ def run(args) -> int:
     import uvicorn
 
     from persona_guard.models import load_model
+    from persona_guard.projection import Projector
     from persona_guard.server.app import create_app, local_service
 
     preflight(model=args.model, files=[args.audit_log] if args.audit_log else [])
     config = from_args(ServerConfig, args, SERVER_FLAGS, model_name=args.served_model_name or args.model,
                        api_key=read_api_key(args))
     policy, watched = build_policy(args)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     for vector, _ in watched.values():
-        vector.check_model(loaded.model)
+        vector.check_model(loaded)
+    projector = Projector.of_pairs(watched) if watched else None
     if args.upstream:
         from persona_guard.server.upstream import upstream_service
 
         service = upstream_service(
-            loaded.model,
-            loaded.tokenizer,
-            watched,
+            loaded,
+            projector,
             policy,
             config,
             url=args.upstream,
             upstream_model=args.upstream_model,
             api_key=os.environ.get(args.upstream_key_env),
             token_ids=args.upstream_token_ids,
-            layers_path=args.layers_path,
         )
     else:
-        service = local_service(loaded.model, loaded.tokenizer, watched, policy, config, args.layers_path)
+        service = local_service(loaded, projector, policy, config)
     app = create_app(service)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -30,15 +30,15 @@ def run(args) -> int:
     vector = PersonaVector.load(args.vector)
     layer = vector.resolve_layer(args.layer)  # a layer the vector lacks fails before the model loads
     preflight(model=args.model)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    vector.check_model(loaded.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
+    vector.check_model(loaded)
     prompt = []
     if args.system:
         prompt.append({"role": "system", "content": args.system})
     prompt.append({"role": "user", "content": args.prompt})
     config = from_args(GenerationConfig, args, GENERATION_FLAGS, batch_size=1)
-    steering = Steering(loaded.model, vector, layers=layer, coef=args.coef, operator=args.operator,
-                        positions=args.positions, layers_path=args.layers_path)  # checked before generating
+    steering = Steering(loaded.layers, vector, layers=layer, coef=args.coef, operator=args.operator,
+                        positions=args.positions)  # checked before generating
     plain = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]
     with steering:
         steered = generate_responses(loaded.model, loaded.tokenizer, [prompt], config, progress=False)[0]

@@ -32,6 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
+from persona_guard.models import LoadedModel
+from persona_guard.projection import Projector
 from persona_guard.schema import bounds, check
 from persona_guard.server.engine import Engine, RowResult, RowSpec
 from persona_guard.server.observe import AuditLog, Feed, Metrics, Webhook
@@ -49,7 +51,6 @@ from persona_guard.server.protocol import (
     usage_of,
 )
 from persona_guard.steering import Steering
-from persona_guard.vectors import PersonaVector
 
 REFUSAL = "I can't help with this request: persona-guard blocked it ({reasons})."
 
@@ -154,21 +155,19 @@ class LocalBackend:
         window_s: float,
         max_rows: int,
         metrics: Metrics,
-        layers_path: str | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
         self.window_s = window_s
         self.max_rows = max_rows
         self.metrics = metrics
-        self.layers_path = layers_path
         self.tokenizer = engine.tokenizer
         self._queue: queue.Queue[_Job] = queue.Queue()
         threading.Thread(target=self._work, name="persona-guard-batcher", daemon=True).start()
 
     @property
     def traits(self) -> dict[str, int]:
-        return {trait: layer for trait, (_, layer) in self.engine.vectors.items()}
+        return self.engine.traits
 
     def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
         return self.tokenizer(render_messages(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
@@ -241,7 +240,7 @@ class LocalBackend:
         results = self.engine.generate(
             specs, monitor=monitor, on_delta=delta_to(range(len(specs))), on_prefill=on_prefill if monitor else None
         )
-        traits = list(self.engine.vectors)
+        traits = list(self.engine.traits)
         outcomes = [_outcome(result, traits) for result in results]
         steer_groups: dict[frozenset[str], list[int]] = defaultdict(list)
         for row, (action, triggered, reasons) in decisions.items():
@@ -250,9 +249,7 @@ class LocalBackend:
             else:
                 steer_groups[frozenset(triggered)].append(row)
         for triggered, rows in steer_groups.items():
-            with Steering(
-                self.engine.model, self._steering_directions(triggered), coef=1.0, layers_path=self.layers_path
-            ):
+            with Steering(self.engine.loaded.layers, self._steering_directions(triggered), coef=1.0):
                 steered = self.engine.generate([specs[row] for row in rows], on_delta=delta_to(rows))
             for row, result in zip(rows, steered):
                 outcome = _outcome(result, traits)
@@ -266,8 +263,10 @@ class LocalBackend:
     def _steering_directions(self, traits: frozenset[str]) -> dict:
         """``-steer_coef * vector`` at each triggering trait's layer (summed where layers coincide)."""
         directions: dict = {}
+        projector = self.engine.projector
+        assert projector is not None  # steering is decided from readings
         for trait in sorted(traits):
-            vector, layer = self.engine.vectors[trait]
+            vector, layer = projector.vectors[trait], projector.layers[trait]
             delta = -self.policy.for_trait(trait).steer_coef * vector.direction(layer)
             directions[layer] = directions[layer] + delta if layer in directions else delta
         return directions
@@ -559,20 +558,18 @@ async def _sse(
 
 
 def local_service(
-    model,
-    tokenizer,
-    vectors: Mapping[str, tuple[PersonaVector, int]],
+    loaded: LoadedModel,
+    projector: Projector | None,
     policy: Policy,
     config: ServerConfig,
-    layers_path: str | None = None,
 ) -> MonitorService:
+    """Serve ``loaded`` itself, reading ``projector``'s vectors (None: no monitoring) as it generates."""
     metrics = Metrics()
     backend = LocalBackend(
-        Engine(model, tokenizer, vectors, layers_path=layers_path),
+        Engine(loaded, projector),
         policy,
         window_s=config.batch_window_ms / 1000,
         max_rows=config.max_batch_rows,
         metrics=metrics,
-        layers_path=layers_path,
     )
     return MonitorService(backend, policy, config, metrics)

@@ -20,17 +20,16 @@ log-softmax of the raw logits, before temperature, as OpenAI reports them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from persona_guard.activations import position_ids_from_mask
+from persona_guard.activations import StopForward, capture_hooks, position_ids_from_mask
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, _merge_top
-from persona_guard.models import decoder_layers, final_norm, model_device
-from persona_guard.vectors import PersonaVector
+from persona_guard.models import LoadedModel, model_device
+from persona_guard.projection import Projector
 
 
 @dataclass(frozen=True)
@@ -69,47 +68,6 @@ class RowResult:
 DeltaCallback = Callable[[int, str, "TokenLogprobs | None"], None]
 #: ``on_prefill(prompt_last)`` -> rows to drop before any token is sampled (block / steer elsewhere).
 PrefillCallback = Callable[[list[dict[str, float]]], Sequence[int]]
-
-
-@contextlib.contextmanager
-def reading_hooks(
-    model: nn.Module,
-    layers: Sequence[int],
-    on_hidden: Callable[[int, torch.Tensor], None],
-    layers_path: str | None = None,
-) -> Iterator[None]:
-    """Call ``on_hidden(layer, hidden [batch, seq, d])`` for each layer (``hidden_states`` indexing)
-    on every forward while inside; unlike :func:`persona_guard.activations.capture_hooks` the
-    forward runs to the end (generation needs the logits). Hooks never change the output."""
-    blocks = decoder_layers(model, layers_path)
-    handles = []
-
-    def output_hook(layer: int):
-        return lambda module, args, output: on_hidden(layer, output[0] if isinstance(output, tuple) else output)
-
-    try:
-        for layer in sorted(set(layers)):
-            if not 0 <= layer <= len(blocks):
-                raise PersonaGuardError(f"layer {layer} out of range 0..{len(blocks)} (hidden_states index)")
-            if layer == 0:
-                handles.append(
-                    blocks[0].register_forward_pre_hook(
-                        lambda module, args, kwargs: on_hidden(0, args[0] if args else kwargs["hidden_states"]),
-                        with_kwargs=True,
-                    )
-                )
-            elif layer == len(blocks):
-                handles.append(final_norm(model).register_forward_hook(output_hook(layer)))
-            else:
-                handles.append(blocks[layer - 1].register_forward_hook(output_hook(layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-class _ReadingsDone(Exception):
-    """Raised after the deepest monitored layer when a forward is only needed for readings."""
 
 
 class _Row:
@@ -180,34 +138,34 @@ class _Row:
         return chunk
 
 
-class Engine:
-    """Generate batches of rows and read ``vectors`` at their layers from the same forwards.
+def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
+    """Token ids that end an answer: the generation config's ``eos_token_id`` (int or list) and the
+    tokenizer's end-of-sequence token. An answer's readings never include its stop token."""
+    config_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        eos.add(loaded.tokenizer.eos_token_id)
+    return frozenset(eos)
 
-    ``vectors`` map trait -> (vector, layer). Thread-compatible, not thread-safe: one caller at a
+
+class Engine:
+    """Generate batches of rows with ``loaded`` and read ``projector``'s vectors at their layers from
+    the same forwards (``None``: no readings). Thread-compatible, not thread-safe: one caller at a
     time (the server's batching worker).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer,
-        vectors: Mapping[str, tuple[PersonaVector, int]] | None = None,
-        *,
-        layers_path: str | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.vectors = dict(vectors or {})
-        self.layers_path = layers_path
-        self.device = model_device(model)
-        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.stop_ids = frozenset(eos)
-        self.units = {
-            trait: (layer, vector.unit(layer).to(self.device)) for trait, (vector, layer) in self.vectors.items()
-        }
+    def __init__(self, loaded: LoadedModel, projector: Projector | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.projector = projector
+        self.device = model_device(self.model)
+        self.stop_ids = stop_token_ids(loaded)
+
+    @property
+    def traits(self) -> dict[str, int]:
+        """``{trait: layer}`` of the vectors read (empty without a projector)."""
+        return dict(self.projector.layers) if self.projector is not None else {}
 
     @torch.no_grad()
     def generate(
@@ -222,7 +180,7 @@ class Engine:
         if not specs:
             return []
         rows = [_Row(spec, self.tokenizer, self.stop_ids) for spec in specs]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.loaded.pad_token_id
         width = max(len(spec.prompt_ids) for spec in specs)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -232,31 +190,34 @@ class Engine:
             input_ids[index, width - len(spec.prompt_ids) :] = torch.tensor(spec.prompt_ids)
             mask[index, width - len(spec.prompt_ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        state = {"prefill": True, "last": False}
-        watch = self.units if monitor else {}
+        projector = self.projector if monitor else None
+        layers = projector.capture_layers if projector is not None else []
+        last_position: dict[int, torch.Tensor] = {}  # layer -> hidden [rows, d] at the last position
+        state = {"last": False}
 
         def on_hidden(layer: int, hidden: torch.Tensor) -> None:
-            for trait, (trait_layer, unit) in watch.items():
-                if trait_layer != layer:
-                    continue
-                values = (hidden[:, -1].float() @ unit).cpu().tolist()
-                for row, value in zip(rows, values):
-                    if state["prefill"]:
-                        row.result.prompt_last[trait] = value
-                        row.result.response_sums[trait] = 0.0
-                    elif row.feed_counts:
-                        row.result.response_sums[trait] += value
+            last_position[layer] = hidden[:, -1]
             if state["last"] and layer == layers[-1]:
-                raise _ReadingsDone
+                raise StopForward
+
+        def readings() -> dict[str, list[float]]:
+            """The projections of the forward that just ran, at each row's last position."""
+            if projector is None:
+                return {}
+            hidden = torch.stack([last_position.pop(layer) for layer in layers], 1)
+            return {trait: values.cpu().tolist() for trait, values in projector.project(hidden).items()}
 
         was_training = self.model.training
         self.model.eval()
-        layers = sorted({layer for layer, _ in watch.values()})
         try:
-            with reading_hooks(self.model, layers, on_hidden, self.layers_path) if layers else contextlib.nullcontext():
+            with capture_hooks(self.loaded.layers, layers, on_hidden, stop_after_deepest=False) \
+                    if layers else contextlib.nullcontext():
                 position_ids = position_ids_from_mask(mask)
                 output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
-                state["prefill"] = False
+                for trait, values in readings().items():  # the forecast: the last prompt token
+                    for row, value in zip(rows, values):
+                        row.result.prompt_last[trait] = value
+                        row.result.response_sums[trait] = 0.0
                 cache, logits = output.cache, output.logits[:, -1]
                 if on_prefill is not None:
                     for index in on_prefill([row.result.prompt_last for row in rows]):
@@ -276,7 +237,7 @@ class Engine:
                                 on_delta(index, chunk, entry)
                     if not any(row.feed_counts for row in rows):
                         break
-                    if not watch and not any(row.active for row in rows):
+                    if projector is None and not any(row.active for row in rows):
                         break
                     fed = torch.tensor(
                         [[row.result.token_ids[-1] if row.feed_counts else pad] for row in rows], device=self.device
@@ -288,7 +249,13 @@ class Engine:
                         output = self.model(
                             input_ids=fed, attention_mask=mask, position_ids=next_position, cache=cache, use_cache=True
                         )
-                    except _ReadingsDone:
+                    except StopForward:
+                        output = None
+                    for trait, values in readings().items():  # one answer token per row was fed
+                        for row, value in zip(rows, values):
+                            if row.feed_counts:
+                                row.result.response_sums[trait] += value
+                    if output is None:
                         break
                     cache, logits = output.cache, output.logits[:, -1]
                     for row in rows:  # a finished row's last token has now been fed

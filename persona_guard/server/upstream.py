@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 
@@ -24,11 +24,13 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import EncodedSample
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
+from persona_guard.models import LoadedModel
+from persona_guard.projection import Projector
 from persona_guard.server.app import ChoiceOutcome, MonitorService, ServerConfig, blocked_outcome, forecast_actions
+from persona_guard.server.engine import stop_token_ids
 from persona_guard.server.observe import Metrics
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import ChatParams, RequestError
-from persona_guard.vectors import PersonaVector
 
 
 def _entry(item: dict) -> TokenLogprobs:
@@ -40,11 +42,13 @@ def _entry(item: dict) -> TokenLogprobs:
 
 
 class UpstreamBackend:
+    """Forward requests to ``url``; read ``projector``'s vectors (None: no readings) with ``loaded``,
+    the local copy of the upstream's model."""
+
     def __init__(
         self,
-        model,
-        tokenizer,
-        vectors: Mapping[str, tuple[PersonaVector, int]],
+        loaded: LoadedModel,
+        projector: Projector | None,
         policy: Policy,
         *,
         url: str,
@@ -52,7 +56,6 @@ class UpstreamBackend:
         api_key: str | None = None,
         token_ids: bool = False,
         timeout: float = 600.0,
-        layers_path: str | None = None,
     ) -> None:
         steering = [t for t, p in policy.traits.items() if p.action == "steer"]
         if steering:
@@ -60,25 +63,20 @@ class UpstreamBackend:
                 f"--upstream cannot steer ({', '.join(steering)}): the upstream's forward passes "
                 "are out of reach; use block, alert or log"
             )
-        self.model = model
-        self.tokenizer = tokenizer
-        self.vectors = dict(vectors)
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.projector = projector
         self.policy = policy
         self.upstream_model = upstream_model
         self.token_ids = token_ids
-        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
-        if tokenizer.eos_token_id is not None:
-            eos.add(tokenizer.eos_token_id)
-        self.stop_ids = frozenset(eos)  # as persona_guard.server.engine.Engine's
-        self.layers_path = layers_path
+        self.stop_ids = stop_token_ids(loaded)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=url.rstrip("/") + "/", timeout=timeout, headers=headers)
         self._lock = threading.Lock()  # one local forward at a time
 
     @property
     def traits(self) -> dict[str, int]:
-        return {trait: layer for trait, (_, layer) in self.vectors.items()}
+        return dict(self.projector.layers) if self.projector is not None else {}
 
     def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
         return self.tokenizer(render_messages(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
@@ -88,46 +86,36 @@ class UpstreamBackend:
     ) -> list[tuple[dict[str, float], dict[str, float | None]]]:
         """(prompt_last, response_mean) per answer; ``answers=None`` reads the prompt alone."""
         answers = [[]] if answers is None else answers
+        if self.projector is None:
+            return [({}, {}) for _ in answers]
         samples = [EncodedSample(tuple(prompt_ids) + tuple(ids), len(prompt_ids)) for ids in answers]
-        layers = sorted({layer for _, layer in self.vectors.values()})
+        layers = self.projector.capture_layers
         with_response = [i for i, ids in enumerate(answers) if ids]
-        pad = self.tokenizer.pad_token_id or 0
         with self._lock:
-            prompt = capture_activations(
-                self.model,
-                samples,
-                layers,
-                ("prompt_last",),
-                pad_token_id=pad,
-                progress=False,
-                layers_path=self.layers_path,
-            )["prompt_last"]
-            response = (
-                capture_activations(
-                    self.model,
-                    [samples[i] for i in with_response],
-                    layers,
-                    ("response_mean",),
-                    pad_token_id=pad,
-                    progress=False,
-                    layers_path=self.layers_path,
-                )["response_mean"]
-                if with_response
-                else None
+            prompt = self.projector.project(
+                capture_activations(self.loaded, samples, layers, ("prompt_last",), progress=False)["prompt_last"]
             )
-        readings = []
-        for index in range(len(samples)):
-            prompt_last, response_mean = {}, {}
-            for trait, (vector, layer) in self.vectors.items():
-                slot = layers.index(layer)
-                prompt_last[trait] = float(vector.project(prompt[index, slot], layer))
-                response_mean[trait] = (
-                    float(vector.project(response[with_response.index(index), slot], layer))
-                    if index in with_response
-                    else None
+            response = (
+                self.projector.project(
+                    capture_activations(
+                        self.loaded, [samples[i] for i in with_response], layers, ("response_mean",), progress=False
+                    )["response_mean"]
                 )
-            readings.append((prompt_last, response_mean))
-        return readings
+                if with_response
+                else {}
+            )
+        return [
+            (
+                {trait: float(values[index]) for trait, values in prompt.items()},
+                {
+                    trait: float(values[with_response.index(index)]) if index in with_response else None
+                    for trait, values in response.items()
+                }
+                if response
+                else dict.fromkeys(prompt),
+            )
+            for index in range(len(samples))
+        ]
 
     def _payload(self, params: ChatParams) -> dict:
         payload: dict = {
@@ -225,9 +213,8 @@ class UpstreamBackend:
 
 
 def upstream_service(
-    model,
-    tokenizer,
-    vectors: Mapping[str, tuple[PersonaVector, int]],
+    loaded: LoadedModel,
+    projector: Projector | None,
     policy: Policy,
     config: ServerConfig,
     *,
@@ -235,17 +222,14 @@ def upstream_service(
     upstream_model: str | None = None,
     api_key: str | None = None,
     token_ids: bool = False,
-    layers_path: str | None = None,
 ) -> MonitorService:
     backend = UpstreamBackend(
-        model,
-        tokenizer,
-        vectors,
+        loaded,
+        projector,
         policy,
         url=url,
         upstream_model=upstream_model or config.model_name,
         api_key=api_key,
         token_ids=token_ids,
-        layers_path=layers_path,
     )
     return MonitorService(backend, policy, config, Metrics())
