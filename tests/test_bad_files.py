@@ -34,6 +34,7 @@ from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import MAX_JSON_DEPTH, RequestError, parse_json_body
 from persona_guard.traits import load_trait
 from persona_guard.vectors import PersonaVector, load_gguf_control_vector
+from tests.conftest import as_loaded
 from tests.test_bad_input import CONCURRENCY, REPO, build_inputs, snapshot, write_raw_vector
 from tests.test_serve import start_server
 
@@ -160,7 +161,7 @@ CASES = [
              "the vector is for trait 'evil' but the trait given is 'sycophantic'"),
     FileCase("calibrate-policy-is-a-folder",
              ("monitor", "calibrate", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
-              "--policy", "{in}/a_folder"), "--policy {in}/a_folder is a folder"),
+              "--policy", "{in}/a_folder"), "{in}/a_folder is a folder; expected an output file path"),
     FileCase("calibrate-damaged-policy",
              ("monitor", "calibrate", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
               "--policy", "{in}/policy.yaml"), "policy.yaml: invalid YAML"),
@@ -369,7 +370,7 @@ def test_damaged_builtin_conversion_is_detected(smollm_dir, tmp_path):
 
 def test_monitor_reads_no_conversations_as_no_readings(tiny_llama, tokenizer):
     vector = PersonaVector("evil", "tiny", torch.randn(4, 64), default_layer=2)
-    assert PersonaMonitor(tiny_llama, tokenizer, [vector]).read([], progress=False) == []
+    assert PersonaMonitor(as_loaded(tiny_llama, tokenizer), [vector]).read([], progress=False) == []
 
 
 def cell(layer: int, coef: float, effect: float | None, coherence: float | None = 80.0) -> Cell:
