@@ -162,7 +162,14 @@ def real_path(real_dir: Path, name: str) -> Path:
 
 
 def probe_name(trait: str, source: str, layer: int) -> str:
-    return f"{trait}|{source}@{layer}"
+    """A file-safe trait name for one (source, layer) probe; :func:`probe_key` reads it back."""
+    return f"{trait}--{source}--{layer}"
+
+
+def probe_key(name: str) -> str:
+    """``source@layer``, the key of a probe's arrays in ``screen/<file>.npz``."""
+    _, source, layer = name.split("--")
+    return f"{source}@{layer}"
 
 
 def load_vectors(out: Path, trait: str):
@@ -328,7 +335,7 @@ def screen_file(args, out: Path, loaded, name: str, trait_name: str, choices: Ch
     arrays = {}
     for probe in probes:
         scores = result.traits[probe.trait]
-        key = probe.trait.split("|")[1]
+        key = probe_key(probe.trait)
         arrays[f"{key}/response"] = scores.projection
         arrays[f"{key}/prompt"] = scores.prompt_projection
         if scores.base_projection is not None:  # exact mode
