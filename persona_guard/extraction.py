@@ -312,6 +312,23 @@ def drop_reasons(pos: JudgeScore, neg: JudgeScore, config: ExtractionConfig) -> 
     return reasons
 
 
+def exemplar_pairs(trait: Trait, config: ExtractionConfig) -> list:
+    """The written exemplar pairs ``source="exemplars"`` teacher-forces (the first ``config.questions``).
+
+    Raises PersonaGuardError when the trait has none, or fewer than ``config.min_pairs`` (checked by
+    ``persona-guard extract`` before it loads the model)."""
+    exemplars = trait.extraction_exemplars()
+    if not exemplars:
+        raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on extraction questions for "
+                                "--source exemplars")
+    if config.questions is not None:
+        exemplars = exemplars[:config.questions]
+    if len(exemplars) < config.min_pairs:
+        raise PersonaGuardError(f"trait {trait.name!r} has {len(exemplars)} exemplar pairs on extraction "
+                                f"questions, fewer than --min-pairs {config.min_pairs}")
+    return exemplars
+
+
 def extract_vector(loaded: LoadedModel, trait: Trait, out_dir: str | Path, *,
                    judge: Judge | None = None, config: ExtractionConfig = ExtractionConfig(),
                    progress: bool = True, plots: bool = True) -> ExtractionResult:
@@ -359,12 +376,7 @@ def extract_vector(loaded: LoadedModel, trait: Trait, out_dir: str | Path, *,
         neg_samples = [encode_chat(tokenizer, _prompt(trait.instructions[p.instruction].neg, p.question),
                                    answers[(p, "neg")]) for p in kept]
     else:
-        exemplars = trait.extraction_exemplars()
-        if not exemplars:
-            raise PersonaGuardError(f"trait {trait.name!r} has no exemplars on extraction questions for "
-                                    "--source exemplars")
-        if config.questions is not None:
-            exemplars = exemplars[:config.questions]
+        exemplars = exemplar_pairs(trait, config)
         report["pairs"] = {"total": len(exemplars), "kept": len(exemplars), "dropped": 0, "drop_reasons": {}}
         pos_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.pos) for e in exemplars]
         neg_samples = [encode_chat(tokenizer, [{"role": "user", "content": e.question}], e.neg) for e in exemplars]

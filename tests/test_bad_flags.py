@@ -114,6 +114,13 @@ CASES = [
          "cannot write under /proc/demo: /proc is not writable"),
     Case("monitor-policy-without-calibrate", (*MONITOR, VECTOR, "--policy", "p.yaml"),
          "--policy and --set are for 'monitor calibrate'"),
+    # -- found by the second fresh sweep
+    Case("models-prepare-unknown", ("models", "--prepare", "nosuch"), "argument --prepare: invalid choice: 'nosuch'"),
+    Case("steer-prompt-blank", (*STEER[:4], " ", *STEER[5:], "--vector", VECTOR), "argument --prompt: is empty"),
+    Case("screen-top-k-zero", (*SCREEN, "--vector", VECTOR, "--no-generate", "--top-k", "0"),
+         "argument --top-k: must be >= 1, got 0"),
+    Case("extract-exemplars-fewer-than-min-pairs", (*EXTRACT, "--source", "exemplars", "--min-pairs", "1000"),
+         "exemplar pairs on extraction questions, fewer than --min-pairs 1000"),
 ]
 
 

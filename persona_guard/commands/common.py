@@ -49,6 +49,13 @@ def http_url(text: str) -> str:
     return text
 
 
+def non_empty_text(text: str) -> str:
+    """argparse ``type=`` of a text option that must say something (a prompt): not only whitespace."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in name, hub id, local dir or .gguf file (default: {DEFAULT_MODEL})")

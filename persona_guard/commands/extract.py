@@ -12,7 +12,7 @@ from persona_guard.commands.common import (
     judge_from_args,
     preflight,
 )
-from persona_guard.extraction import ExtractionConfig, extract_vector
+from persona_guard.extraction import ExtractionConfig, exemplar_pairs, extract_vector
 from persona_guard.files import refuse_overwrite
 from persona_guard.models import load_model
 from persona_guard.schema import add_arguments, from_args
@@ -27,6 +27,8 @@ EXTRACTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (
 def run(args) -> int:
     config = from_args(ExtractionConfig, args, EXTRACTION_FLAGS)
     trait = load_trait(args.trait)
+    if config.source == "exemplars":
+        exemplar_pairs(trait, config)  # too few pairs fails before anything is loaded or created
     out = Path(args.out) if args.out else Path("vectors") / f"{trait.name}-{Path(args.model).name}"
     # A finished run is refused; an interrupted one (no vector yet) resumes from its caches.
     refuse_overwrite([out / f"{trait.name}.safetensors"], args.force)

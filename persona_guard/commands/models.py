@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from persona_guard.models import cache_dir, describe_builtin_models, ensure_builtin_converted
+from persona_guard.models import BUILTIN_MODELS, cache_dir, describe_builtin_models, ensure_builtin_converted
 
 
 def run(args) -> int:
@@ -25,6 +25,7 @@ def run(args) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("models", help="list built-in models and the conversion cache")
-    parser.add_argument("--prepare", metavar="NAME", help="convert a built-in model now")
+    parser.add_argument("--prepare", metavar="NAME", choices=sorted(BUILTIN_MODELS),
+                        help=f"convert a built-in model now ({', '.join(sorted(BUILTIN_MODELS))})")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(func=run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from persona_guard.commands.common import add_model_arguments, preflight
+from persona_guard.commands.common import add_model_arguments, non_empty_text, preflight
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import load_model
 from persona_guard.schema import add_arguments, bounds, flag_type, from_args
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
                         help=f"{COEF_BOUNDS['help']} (|coef| <= {COEF_BOUNDS['le']:g}, default 4)")
     parser.add_argument("--operator", choices=OPERATORS, default="add")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", required=True, type=non_empty_text, help="the user message")
     parser.add_argument("--system", default=None, help="optional system prompt")
     add_arguments(parser, GenerationConfig, GENERATION_FLAGS)
     parser.set_defaults(func=run)
