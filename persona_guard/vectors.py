@@ -47,8 +47,8 @@ class PersonaVector:
             raise PersonaGuardError(
                 f"persona vector {self.trait!r}: directions must be [layers + 1, hidden] with at least one "
                 f"layer, got shape {tuple(self.directions.shape)}")
-        if self.directions.is_complex() or self.directions.dtype == torch.bool:
-            raise PersonaGuardError(f"persona vector {self.trait!r}: directions must be real numbers, "
+        if not self.directions.is_floating_point():
+            raise PersonaGuardError(f"persona vector {self.trait!r}: directions must be floating-point numbers, "
                                     f"got {self.directions.dtype}")
         self.directions = self.directions.detach().to(dtype=torch.float32, device="cpu").contiguous()
         bad = ~torch.isfinite(self.directions)
@@ -162,11 +162,16 @@ class PersonaVector:
             raise PersonaGuardError(f"{path}: safetensors file has no '{_METADATA_KEY}' metadata")
         meta = _read_header(path, header)
         try:
-            return cls(trait=meta["trait"], model_id=meta["model_id"], directions=directions,
-                       default_layer=meta["default_layer"], method=meta["method"], n_pos=meta["n_pos"],
-                       n_neg=meta["n_neg"], metadata=meta["metadata"])
+            vector = cls(trait=meta["trait"], model_id=meta["model_id"], directions=directions,
+                         default_layer=meta["default_layer"], method=meta["method"], n_pos=meta["n_pos"],
+                         n_neg=meta["n_neg"], metadata=meta["metadata"])
         except PersonaGuardError as error:
             raise PersonaGuardError(f"{path}: {error}") from None
+        for name, actual in (("hidden_size", vector.hidden_size), ("num_layers", vector.num_layers)):
+            if meta[name] is not None and meta[name] != actual:
+                raise PersonaGuardError(f"{path}: the header says {name} {meta[name]} but the directions "
+                                        f"tensor has {actual} (shape {tuple(directions.shape)})")
+        return vector
 
     @classmethod
     def from_original_pt(cls, path: str | Path, trait: str | None = None, model_id: str = "unknown",
@@ -226,6 +231,8 @@ _HEADER_FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
     "format_version": ((int,), 0), "trait": ((str,), ...), "model_id": ((str,), ...),
     "default_layer": ((int, type(None)), None), "method": ((str,), "response_mean"),
     "n_pos": ((int,), 0), "n_neg": ((int,), 0), "metadata": ((dict,), {}),
+    # written for readers; checked against the directions tensor when present
+    "hidden_size": ((int, type(None)), None), "num_layers": ((int, type(None)), None),
 }
 
 

@@ -138,3 +138,26 @@ def test_metadata_is_plain_json(tmp_path):
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["persona_guard"])
     assert meta["trait"] == "evil" and meta["default_layer"] == 2 and meta["format_version"] == 1
+
+
+def test_header_that_contradicts_the_tensor_and_integer_directions_are_refused(tmp_path):
+    """Found by the second hostile sweep: a header claiming another hidden size or layer count than the
+    directions tensor, and integer directions (silently truncated before), are refused at load."""
+    import json
+
+    from safetensors.torch import save_file
+
+    vector = PersonaVector("evil", "m", torch.randn(5, 8), default_layer=2)
+    for name, claimed in (("hidden_size", 4096), ("num_layers", 30)):
+        header = {**vector.metadata_dict(), name: claimed}
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"directions": vector.directions}, str(path), metadata={"persona_guard": json.dumps(header)})
+        with pytest.raises(PersonaGuardError, match=f"header says {name} {claimed} but the directions tensor"):
+            PersonaVector.load(path)
+    path = tmp_path / "int.safetensors"
+    save_file({"directions": torch.ones(5, 8, dtype=torch.int32)}, str(path),
+              metadata={"persona_guard": json.dumps(vector.metadata_dict())})
+    with pytest.raises(PersonaGuardError, match="floating-point numbers, got torch.int32"):
+        PersonaVector.load(path)
+    vector.save(tmp_path / "ok.safetensors")  # the header it writes itself loads back
+    assert PersonaVector.load(tmp_path / "ok.safetensors").hidden_size == 8
