@@ -52,8 +52,10 @@ _NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f",
 
 def cache_dir() -> Path:
     """Where converted built-in models live: ``$PERSONA_GUARD_CACHE`` or ``~/.cache/persona-guard``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(Path.home(), ".cache", "persona-guard")
-    return Path(root)
+    root = Path(os.environ.get(CACHE_ENV) or os.path.join(Path.home(), ".cache", "persona-guard"))
+    if root.exists() and not root.is_dir():
+        raise PersonaGuardError(f"${CACHE_ENV} or the cache folder {root} is a file, not a folder")
+    return root
 
 
 def builtin_gguf_path(name: str) -> Path:

@@ -121,6 +121,13 @@ CASES = [
          "argument --top-k: must be >= 1, got 0"),
     Case("extract-exemplars-fewer-than-min-pairs", (*EXTRACT, "--source", "exemplars", "--min-pairs", "1000"),
          "exemplar pairs on extraction questions, fewer than --min-pairs 1000"),
+    Case("serve-api-key-env-unset", (*SERVE, "--api-key-env", "PG_NO_SUCH_KEY"),
+         "--api-key-env PG_NO_SUCH_KEY: the variable is unset or empty", env=(("PG_NO_SUCH_KEY", None),)),
+    Case("eval-vector-of-another-trait", ("eval", "--trait", "sycophantic", "--model", "{in}/model", "--out", "ev",
+                                          "--vector", VECTOR),
+         "the vector is for trait 'evil' but the trait given is 'sycophantic'"),
+    Case("train-peft-target-unknown", ("train", "{in}/recipe.yaml", "--peft.target_modules=[nope_proj]"),
+         "peft.target_modules: nope_proj not found in LlamaForCausalLM"),
 ]
 
 

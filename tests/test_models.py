@@ -169,3 +169,15 @@ def test_consumers_locate_the_layers_once(tiny_llama, tokenizer, monkeypatch):
     with PreventativeSteeringCallback(vector, layers=[1, 2], positions="response") as callback:
         callback.attach(wrapped.model)
         assert callback.active and len(calls) == 3
+
+
+def test_a_cache_path_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    """Found by the second hostile sweep: $PERSONA_GUARD_CACHE naming a file was a NotADirectoryError."""
+    from persona_guard.models import CACHE_ENV, cache_dir
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file"))
+    with pytest.raises(PersonaGuardError, match="is a file, not a folder"):
+        cache_dir()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new"

@@ -361,3 +361,11 @@ def test_a_vector_trait_name_can_never_name_a_path():
         with pytest.raises(PersonaGuardError, match="must be lowercase letters"):
             PersonaVector(bad, "m", directions)
     assert PersonaVector("evil", "m", directions).trait == "evil"
+
+
+def test_a_recipe_that_is_not_utf8_is_one_line(tmp_path):
+    """Found by the second hostile sweep: a binary recipe was a UnicodeDecodeError traceback."""
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe model: x")
+    with pytest.raises(PersonaGuardError, match=r"binary.yaml: not UTF-8 text \(byte 0"):
+        load_recipe(path)

@@ -286,6 +286,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise PersonaGuardError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
+    except UnicodeDecodeError as error:
+        raise PersonaGuardError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     return recipe_from_dict(apply_overrides(raw, list(overrides)), str(path))
 
 

@@ -46,6 +46,7 @@ def capability_path(option: str | None, bundled_name: str, what: str) -> str | N
 def run(args) -> int:
     from persona_guard.errors import PersonaGuardError
     from persona_guard.files import refuse_overwrite
+    from persona_guard.layer_selection import check_same_trait
     from persona_guard.training.evaluation import Arm, compare, results_table
     from persona_guard.traits import load_trait
     from persona_guard.vectors import PersonaVector
@@ -59,6 +60,7 @@ def run(args) -> int:
     trait = load_trait(args.trait)
     vector = PersonaVector.load(args.vector) if args.vector else None
     if vector is not None:
+        check_same_trait(vector, trait)  # its projection beside another trait's judge score means nothing
         vector.resolve_layer(args.layer)  # a layer the vector lacks fails before any model loads
     for flag, path in (("--benign", args.benign), ("--mc", args.mc)):
         if path not in (None, "none") and not Path(path).is_file():

@@ -62,7 +62,11 @@ def read_api_key(args) -> str | None:
         if not key:
             raise PersonaGuardError(f"--api-key-file {path}: file is empty")
         return key
-    return os.environ.get(args.api_key_env) or None
+    key = os.environ.get(args.api_key_env, "").strip()
+    if not key and args.api_key_env != API_KEY_ENV:  # a variable the user named must hold the key
+        raise PersonaGuardError(f"--api-key-env {args.api_key_env}: the variable is unset or empty "
+                                "(the server would run without a key)")
+    return key or None
 
 
 def run(args) -> int:
