@@ -16,7 +16,7 @@ class FlagPolicy:
     or ``percentile`` (a percentile of dP over a reference benign set, as the paper calibrated);
     nothing at all means ``top_percent=5``."""
 
-    top_k: int | None = field(default=None, metadata=bounds(ge=1))
+    top_k: int | None = field(default=None, metadata=bounds(ge=0))  # 0: no dP flags (judge-only with "or")
     top_percent: float | None = field(default=None, metadata=bounds(ge=0, le=100))
     threshold: float | None = None
     percentile: float | None = field(default=None, metadata=bounds(ge=0, le=100))

@@ -117,8 +117,6 @@ CASES = [
     # -- found by the second fresh sweep
     Case("models-prepare-unknown", ("models", "--prepare", "nosuch"), "argument --prepare: invalid choice: 'nosuch'"),
     Case("steer-prompt-blank", (*STEER[:4], " ", *STEER[5:], "--vector", VECTOR), "argument --prompt: is empty"),
-    Case("screen-top-k-zero", (*SCREEN, "--vector", VECTOR, "--no-generate", "--top-k", "0"),
-         "argument --top-k: must be >= 1, got 0"),
     Case("extract-exemplars-fewer-than-min-pairs", (*EXTRACT, "--source", "exemplars", "--min-pairs", "1000"),
          "exemplar pairs on extraction questions, fewer than --min-pairs 1000"),
     Case("serve-api-key-env-unset", (*SERVE, "--api-key-env", "PG_NO_SUCH_KEY"),
