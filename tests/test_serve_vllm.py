@@ -154,7 +154,7 @@ def vllm_world(vllm_python, smollm, smollm_dir, tmp_path_factory):
                 *(str(root / f"{t}.safetensors") for t in TRAITS),
             ]
         )
-        monitor = PersonaMonitor(smollm.model, smollm.tokenizer, vectors)
+        monitor = PersonaMonitor(smollm, vectors)
         yield {
             "smollm": smollm,
             "vectors": {v.trait: v for v in vectors},
@@ -189,7 +189,7 @@ def _vllm_answer(world, prompt: str):
 def _teacher_forced(world, prompt_ids: list[int], answer_ids: list[int], trait: str) -> float:
     vector = world["vectors"][trait]
     acts = capture_activations(
-        world["smollm"].model,
+        world["smollm"],
         [EncodedSample(tuple(prompt_ids) + tuple(answer_ids), len(prompt_ids))],
         [vector.default_layer],
         ("response_mean",),
