@@ -9,15 +9,17 @@ and a finished stage is never recomputed (delete its file to redo it):
                  generate + judge (the paper's pipeline, offline judge) and both pooled.
 3. ``dev``       per-layer separation of each source on the bundled dev sets (``<trait>/severe`` vs
                  ``<trait>/normal`` response projections); the dev layer criterion picks a layer.
-4. ``screen``    a seeded sample of rows of every real file, screened exactly (base answers) with
+4. ``prevent``   the preventative-steering coefficient per kind (single layer, multi-layer), swept on
+                 the bundled evil/severe set by the declared criterion and written into ``choices.json``.
+5. ``screen``    a seeded sample of rows of every real file, screened exactly (base answers) with
                  every source's vector at every layer in one pass: response projection, last prompt
                  token projection, base-answer projection per row; plus the embedding baseline.
-5. ``datasets``  dataset-level exact dP / fast dP / response projection of every training set
+6. ``datasets``  dataset-level exact dP / fast dP / response projection of every training set
                  (the very rows the LoRA arm trains on) for the three bundled traits.
-6. ``train``     one LoRA fine-tune per training set, same budget and seed, plus preventative
+7. ``train``     one LoRA fine-tune per training set, same budget and seed, plus preventative
                  steering arms on evil II; each arm evaluated on the evil and hallucinating eval
                  questions (projection, offline judge; benign perplexity for the steering arms).
-7. ``report``    tables and plots from the cached stages: ``<out>/results.md``, ``<out>/*.png``.
+8. ``report``    tables and plots from the cached stages: ``<out>/results.md``, ``<out>/*.png``.
 
     python benchmarks/real_data.py                       # everything (sizes: --help)
     python benchmarks/real_data.py --stages report       # tables again from the cache
@@ -34,14 +36,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO.parent / "shared" / "real_data"
-STAGES = ("choices", "vectors", "dev", "screen", "datasets", "train", "report")
+STAGES = ("choices", "vectors", "dev", "prevent", "screen", "datasets", "train", "report")
 TRAITS = ("evil", "hallucinating", "sycophantic")
 SOURCES = ("exemplars", "generate", "pooled")
 #: real file -> trait whose vectors score it at sample level (all layers, all sources)
@@ -76,8 +78,6 @@ TRAIN_SETS = {
     "mo_misalignment_kl_data_aligned": "real:mo_misalignment_kl_data_aligned",
 }
 EVAL_TRAITS = ("evil", "hallucinating")
-#: extraction questions for generate + judge (hallucinating: 3, to fit the CPU budget)
-GENERATE_QUESTIONS = {"evil": 6, "hallucinating": 3}
 STEERED_SET = "pv_evil_II"
 
 
@@ -89,8 +89,9 @@ class Choices:
     (docs/extraction.md: evil 20, hallucinating 15, sycophantic 20); the vectors' default layer here.
     ``ranking``: the method with the highest mean AUROC over the three bundled contaminated mixes
     (docs/screening.md, 48-token base answers: fast 0.911, response 0.908, exact dP 0.830).
-    ``prevent``: the demo's preventative coefficient and layer (+2 at 20 removed 102% of the bundled
-    severe arm's rise, benign ppl 0.74x); the multi-layer arm spreads the same push incrementally.
+    ``prevent_coef``: per steering kind (:data:`STEERING_KINDS`), chosen by the ``prevent`` stage on
+    ``prevent_dev_set`` among ``prevent_coefs`` by ``prevent_criterion`` (None until then); the layer
+    is the demo's (20), the multi-layer arm spreads the coefficient incrementally over ``multi_layers``.
     """
 
     layers: dict
@@ -100,9 +101,16 @@ class Choices:
         "ties within 0.01 broken by effect size"
     )
     base_answer_tokens: int = 48
-    prevent_coef: float = 2.0
     prevent_layer: int = 20
     multi_layers: tuple = (12, 16, 20)
+    prevent_dev_set: str = "evil/severe"
+    prevent_coefs: tuple = (0.25, 0.5, 1.0, 2.0)
+    prevent_criterion: str = (
+        "per steering kind, the smallest of prevent_coefs (tried in ascending order) whose prevent_dev_set arm "
+        "removes at least all of the unsteered arm's rise of the evil projection over base (share >= 1); "
+        "none does: the largest"
+    )
+    prevent_coef: dict | None = None
     lora_r: int = 16
     learning_rate: float = 5e-4
     train_rows: int = 32
@@ -111,7 +119,8 @@ class Choices:
     eval_questions: int = 8
     eval_tokens: int = 32
     benign_rows: int = 40
-    generate_questions: dict | None = None  # per trait; default {"evil": 6, "hallucinating": 3}
+    #: extraction questions per trait for generate + judge (few, to fit the CPU budget)
+    generate_questions: dict = field(default_factory=lambda: {"evil": 6, "hallucinating": 3, "sycophantic": 6})
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
@@ -183,7 +192,8 @@ def load_vectors(out: Path, trait: str):
 
 
 def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
-    """Exemplar vectors for every trait; generate + judge and pooled for the evaluated traits."""
+    """Exemplar vectors for every trait; generate + judge and pooled for the traits in
+    ``choices.generate_questions``."""
     import torch
 
     from persona_guard.errors import PersonaGuardError
@@ -206,7 +216,7 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
                 config=ExtractionConfig(source="exemplars", seed=args.seed),
             )
         }
-        if name in EVAL_TRAITS:
+        if name in choices.generate_questions:
             try:
                 results["generate"] = extract_vector(
                     loaded,
@@ -217,7 +227,7 @@ def run_vectors(args, out: Path, loaded, choices: Choices) -> dict:
                     progress=False,
                     config=ExtractionConfig(
                         source="generate",
-                        questions=(choices.generate_questions or GENERATE_QUESTIONS)[name],
+                        questions=choices.generate_questions[name],
                         max_new_tokens=choices.base_answer_tokens,
                         min_pairs=1,
                         seed=args.seed,
@@ -290,7 +300,7 @@ def dev_layer(curve: dict) -> int:
 
 def run_dev(args, out: Path, loaded) -> dict:
     summary = {}
-    for trait in EVAL_TRAITS:
+    for trait in TRAITS:
         vectors = load_vectors(out, trait)
         layers = list(range(1, next(iter(vectors.values())).num_layers + 1))
         pos = sample_rows(f"bundled:{trait}/severe.jsonl", args.dev_rows, args.seed)
@@ -433,94 +443,176 @@ def recipe_for(args, out: Path, choices: Choices, name: str, spec: str, steering
     return raw
 
 
-def arm_plan(out: Path, choices: Choices) -> dict[str, tuple[str, dict | None]]:
-    """Arm name -> (training set, steering section or None)."""
-    vector = str(out / "vectors" / "evil" / "exemplars" / "evil.safetensors")
-    plan: dict[str, tuple[str, dict | None]] = {name: (name, None) for name in TRAIN_SETS}
-    plan[f"{STEERED_SET}+prevent"] = (
-        STEERED_SET,
-        {"vector": vector, "layers": [choices.prevent_layer], "coef": choices.prevent_coef, "operator": "add"},
+#: preventative steering kinds an arm name may carry (``<set>+<kind>@<coef>``)
+STEERING_KINDS = ("prevent", "prevent-multi")
+
+
+def arm_name(data: str, kind: str, coef: float) -> str:
+    return f"{data}+{kind}@{coef:g}"
+
+
+def arm_steering(out: Path, choices: Choices, name: str) -> tuple[str, dict | None]:
+    """Arm name -> (training set, recipe ``steering`` section or None).
+
+    ``<set>``: plain LoRA; ``<set>+prevent@<coef>``: add coef x v (exemplar evil vector) at
+    ``choices.prevent_layer`` during training; ``<set>+prevent-multi@<coef>``: the same coefficient
+    spread incrementally over ``choices.multi_layers``. Raises PersonaGuardError on any other name."""
+    from persona_guard.errors import PersonaGuardError
+
+    data, plus, steer = name.partition("+")
+    kind, _, coef = steer.partition("@")
+    if data not in TRAIN_SETS or (plus and (kind not in STEERING_KINDS or not coef.replace(".", "", 1).isdigit())):
+        raise PersonaGuardError(
+            f"arm {name!r}: use a training set ({', '.join(TRAIN_SETS)}), optionally followed by "
+            f"+<kind>@<coef> with kind one of {', '.join(STEERING_KINDS)}"
+        )
+    if not plus:
+        return data, None
+    steering = {
+        "vector": str(out / "vectors" / "evil" / "exemplars" / "evil.safetensors"),
+        "layers": [choices.prevent_layer] if kind == "prevent" else list(choices.multi_layers),
+        "coef": float(coef),
+        "operator": "add",
+    }
+    if kind == "prevent-multi":
+        steering["multi_layer"] = "incremental"
+    return data, steering
+
+
+def default_arms(choices: Choices) -> list[str]:
+    """Every training set, plus evil II with each steering kind at the dev-chosen coefficient."""
+    if choices.prevent_coef is None:
+        raise SystemExit("choices.json has no prevent_coef yet: run the prevent stage (dev sweep) first")
+    return [*TRAIN_SETS, *(arm_name(STEERED_SET, kind, coef) for kind, coef in choices.prevent_coef.items())]
+
+
+def share_removed(base: float, unsteered: float, steered: float) -> float:
+    """Share of the unsteered arm's rise over base that steering removed: (unsteered - steered) /
+    (unsteered - base); 1 = back to base, > 1 = below base; NaN when training did not raise it."""
+    rise = unsteered - base
+    return (unsteered - steered) / rise if rise > 0 else float("nan")
+
+
+def choose_coef(coefs, removed_by) -> tuple[float, dict]:
+    """The declared dev criterion: try ``coefs`` in ascending order, stop at the first whose arm
+    removes at least all of the rise (share >= 1); none does -> the largest. ``removed_by(coef)``
+    trains and measures one arm. Returns (chosen coefficient, {coef: share removed} as measured)."""
+    measured = {}
+    for coef in sorted(coefs):
+        measured[coef] = removed_by(coef)
+        if measured[coef] >= 1:
+            break
+    return coef, measured
+
+
+def benign_arm(choices: Choices, name: str) -> bool:
+    """Whether an arm gets the benign perplexity: base, steered arms and the sets they steer."""
+    return name == "base" or "+" in name or name in (STEERED_SET, choices.prevent_dev_set)
+
+
+def evaluate(args, out: Path, choices: Choices, name: str, adapter: str | None, traits) -> dict:
+    """The arm on each trait's eval questions (projection, offline judge); benign perplexity on evil."""
+    from persona_guard.bundled import dataset_path
+    from persona_guard.training.evaluation import Arm, EvalSettings, benign_samples, evaluate_arm
+    from persona_guard.traits import load_trait
+
+    results = {}
+    for trait_name in traits:
+        benign = benign_arm(choices, name) and trait_name == "evil"
+        settings = EvalSettings(
+            max_new_tokens=choices.eval_tokens,
+            max_questions=choices.eval_questions,
+            seed=args.seed,
+            layer=choices.layers[trait_name],
+            device=args.device,
+            batch_size=args.batch_size,
+            benign_path=str(dataset_path("benign_heldout.jsonl")) if benign else None,
+            max_benign=choices.benign_rows,
+        )
+        samples = benign_samples(settings.benign_path, settings.max_benign)[0] if benign else ()
+        vector = load_vectors(out, trait_name)["exemplars"]
+        results[trait_name] = asdict(
+            evaluate_arm(Arm(name, args.model, adapter), load_trait(trait_name), vector, settings, samples)
+        )
+    return results
+
+
+def train_arm(args, out: Path, choices: Choices, name: str) -> dict:
+    """Train one arm (``base``: none) with the LoRA budget and seed of ``choices`` and evaluate it;
+    cached in ``arms/<name>.json``. A cached arm that lacks a benign perplexity it now needs is
+    evaluated again from its saved adapter."""
+    from persona_guard.training.builder import build_training_run
+    from persona_guard.training.recipe import recipe_from_dict
+    from persona_guard.training.steering_callback import train_with_cleanup
+
+    key = name.replace("/", "__")
+    path, adapter = out / "arms" / f"{key}.json", out / "arms" / key / "adapter"
+    if path.is_file():
+        entry = read_json(path)
+        if not benign_arm(choices, name) or entry["evil"]["perplexity"] is not None:
+            return entry
+        t = stage(f"arm {name}: benign perplexity from the saved adapter")
+        entry["evil"] = evaluate(args, out, choices, name, None if name == "base" else str(adapter), ["evil"])["evil"]
+        entry["reevaluated_seconds"] = round(time.perf_counter() - t, 1)
+        write_json(path, entry)
+        return entry
+    t = stage(f"arm {name}")
+    entry: dict = {"name": name}
+    if name != "base":
+        data, steering = arm_steering(out, choices, name)
+        run = build_training_run(
+            recipe_from_dict(recipe_for(args, out, choices, key, TRAIN_SETS[data], steering), f"real_data arm {name}")
+        )
+        train_with_cleanup(run.trainer)
+        run.trainer.save_model(str(adapter))
+        history = run.trainer.state.log_history
+        entry.update(
+            data=data,
+            steering=steering,
+            steps=run.trainer.state.global_step,
+            final_loss=next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            train_seconds=round(time.perf_counter() - t, 1),
+        )
+        del run
+    entry.update(evaluate(args, out, choices, name, None if name == "base" else str(adapter), EVAL_TRAITS))
+    entry["seconds"] = round(time.perf_counter() - t, 1)
+    write_json(path, entry)
+    print(
+        f"  {name}: "
+        + ", ".join(
+            f"{tr} projection {entry[tr]['projection']:+.2f} judge {entry[tr]['trait_score'] or float('nan'):.1f}"
+            for tr in EVAL_TRAITS
+        )
+        + f" ({entry['seconds']:.0f} s)",
+        flush=True,
     )
-    plan[f"{STEERED_SET}+prevent-multi"] = (
-        STEERED_SET,
-        {
-            "vector": vector,
-            "layers": list(choices.multi_layers),
-            "coef": choices.prevent_coef,
-            "operator": "add",
-            "multi_layer": "incremental",
-        },
-    )
-    return plan
+    return entry
+
+
+def run_prevent(args, out: Path, choices: Choices) -> Choices:
+    """Dev sweep for the preventative coefficient on ``choices.prevent_dev_set`` (bundled), one choice
+    per steering kind by :func:`choose_coef`; writes ``prevent_dev.json`` and the choice into
+    ``choices.json`` before any real-set arm is steered."""
+    base = train_arm(args, out, choices, "base")["evil"]["projection"]
+    unsteered = train_arm(args, out, choices, choices.prevent_dev_set)["evil"]["projection"]
+    chosen, sweep = {}, {}
+    for kind in STEERING_KINDS:
+
+        def removed_by(coef: float, kind=kind) -> float:
+            arm = train_arm(args, out, choices, arm_name(choices.prevent_dev_set, kind, coef))
+            return share_removed(base, unsteered, arm["evil"]["projection"])
+
+        chosen[kind], sweep[kind] = choose_coef(choices.prevent_coefs, removed_by)
+        print(f"  {kind}: shares removed {sweep[kind]} -> coef {chosen[kind]:g}", flush=True)
+    write_json(out / "prevent_dev.json", {"base": base, "unsteered": unsteered, "sweep": sweep, "chosen": chosen})
+    choices = replace(choices, prevent_coef=chosen)
+    write_json(out / "choices.json", asdict(choices))
+    return choices
 
 
 def run_train(args, out: Path, choices: Choices) -> dict:
     """Train each arm (skipping finished ones) and evaluate it on every evaluated trait."""
-    from persona_guard.bundled import dataset_path
-    from persona_guard.training.builder import build_training_run
-    from persona_guard.training.evaluation import Arm, EvalSettings, evaluate_arm
-    from persona_guard.training.recipe import recipe_from_dict
-    from persona_guard.training.steering_callback import train_with_cleanup
-    from persona_guard.traits import load_trait
-
-    plan = arm_plan(out, choices)
-    arms = {"base": None, **{name: plan[name] for name in args.arms}}
-    steering_arms = {"base", STEERED_SET, *(n for n, (_, s) in plan.items() if s)}
-    results = {}
-    for name, item in arms.items():
-        path = out / "arms" / f"{name.replace('/', '__')}.json"
-        if path.is_file():
-            results[name] = read_json(path)
-            continue
-        t = stage(f"arm {name}")
-        entry: dict = {"name": name}
-        adapter = None
-        if item is not None:
-            data, steering = item
-            raw = recipe_for(args, out, choices, name.replace("/", "__"), TRAIN_SETS[data], steering)
-            run = build_training_run(recipe_from_dict(raw, f"real_data arm {name}"))
-            train_with_cleanup(run.trainer)
-            adapter = str(out / "arms" / name.replace("/", "__") / "adapter")
-            run.trainer.save_model(adapter)
-            history = run.trainer.state.log_history
-            entry.update(
-                data=data,
-                steering=steering,
-                steps=run.trainer.state.global_step,
-                final_loss=next((h["loss"] for h in reversed(history) if "loss" in h), None),
-                train_seconds=round(time.perf_counter() - t, 1),
-            )
-            del run
-        for trait_name in EVAL_TRAITS:
-            vector = load_vectors(out, trait_name)["exemplars"]
-            settings = EvalSettings(
-                max_new_tokens=choices.eval_tokens,
-                max_questions=choices.eval_questions,
-                seed=args.seed,
-                layer=choices.layers[trait_name],
-                device=args.device,
-                batch_size=args.batch_size,
-                benign_path=str(dataset_path("benign_heldout.jsonl"))
-                if name in steering_arms and trait_name == "evil"
-                else None,
-                max_benign=choices.benign_rows,
-            )
-            entry[trait_name] = asdict(
-                evaluate_arm(Arm(name, args.model, adapter), load_trait(trait_name), vector, settings)
-            )
-        entry["seconds"] = round(time.perf_counter() - t, 1)
-        write_json(path, entry)
-        results[name] = entry
-        print(
-            f"  {name}: "
-            + ", ".join(
-                f"{tr} projection {entry[tr]['projection']:+.2f} judge {entry[tr]['trait_score'] or float('nan'):.1f}"
-                for tr in EVAL_TRAITS
-            )
-            + f" ({entry['seconds']:.0f} s)",
-            flush=True,
-        )
-    return results
+    return {name: train_arm(args, out, choices, name) for name in ["base", *(args.arms or default_arms(choices))]}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -696,6 +788,39 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def steering_tables(arms: dict, choices: Choices) -> list[str]:
+    """One table per steered training set (the dev sweep on bundled data, then evil II): share of the
+    unsteered arm's rise removed and benign perplexity relative to the unsteered arm."""
+    lines = []
+    base = arms["base"]["evil"]
+    for data, role in ((choices.prevent_dev_set, "dev sweep"), (STEERED_SET, "test")):
+        names = [n for n in arms if n.startswith(f"{data}+")]
+        if data not in arms or not names:
+            continue
+        unsteered = arms[data]["evil"]
+        chosen = {arm_name(data, k, c) for k, c in (choices.prevent_coef or {}).items()}
+        lines += [
+            f"## Preventative steering on {data} ({role})",
+            "",
+            f"Rise of the evil projection over base when training on {data}: "
+            f"{unsteered['projection'] - base['projection']:+.2f}. **Bold**: the dev-chosen coefficient.",
+            "",
+            "| arm | projection | share of rise removed | judge | coherence | benign ppl | ppl / unsteered |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in [data, *sorted(names, key=lambda n: (n.split("@")[0], float(n.split("@")[1])))]:
+            e = arms[name]["evil"]
+            ratio = e["perplexity"] / unsteered["perplexity"] if e["perplexity"] and unsteered["perplexity"] else None
+            mark = "**" if name in chosen else ""
+            lines.append(
+                f"| {mark}{name}{mark} | {e['projection']:+.2f} | "
+                f"{fmt(share_removed(base['projection'], unsteered['projection'], e['projection']))} | "
+                f"{fmt(e['trait_score'])} | {fmt(e['coherence'])} | {fmt(e['perplexity'])} | {fmt(ratio)} |"
+            )
+        lines.append("")
+    return lines
+
+
 def run_report(args, out: Path, choices: Choices) -> Path:
     lines = [f"# persona-guard on real third-party data ({args.model})", ""]
     stages = read_json(out / "timing.json") if (out / "timing.json").is_file() else {}
@@ -790,8 +915,9 @@ def run_report(args, out: Path, choices: Choices) -> Path:
                 + f" | {d['evil']['fast dP']:+.2f} | {d['evil']['response projection']:+.2f} |"
             )
         lines.append("")
+    steered = sorted(p.stem.replace("__", "/") for p in (out / "arms").glob("*+*.json"))
     arms = {}
-    for name in ["base", *arm_plan(out, choices)]:
+    for name in ["base", *TRAIN_SETS, *steered]:
         path = out / "arms" / f"{name.replace('/', '__')}.json"
         if path.is_file():
             arms[name] = read_json(path)
@@ -832,29 +958,8 @@ def run_report(args, out: Path, choices: Choices) -> Path:
                         f"{p['judge']['spearman']:.2f} |"
                     )
             lines += ["", "![dP vs shift](real_correlation.png)", ""]
-        steered = [n for n in (STEERED_SET, f"{STEERED_SET}+prevent", f"{STEERED_SET}+prevent-multi") if n in arms]
-        if "base" in arms and STEERED_SET in arms and len(steered) > 1:
-            base_p, severe = arms["base"]["evil"]["projection"], arms[STEERED_SET]["evil"]
-            rise = severe["projection"] - base_p
-            lines += [
-                "## Preventative steering on evil II",
-                "",
-                f"Rise of the evil projection over base when training on evil II: {rise:+.2f}.",
-                "",
-                "| arm | projection | share of rise removed | judge | coherence | benign ppl | ppl / unsteered |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for name in steered:
-                e = arms[name]["evil"]
-                removed = (severe["projection"] - e["projection"]) / rise if rise > 0 else None
-                ratio = (
-                    e["perplexity"] / severe["perplexity"] if e.get("perplexity") and severe.get("perplexity") else None
-                )
-                lines.append(
-                    f"| {name} | {e['projection']:+.2f} | {fmt(removed)} | {fmt(e['trait_score'])} | "
-                    f"{fmt(e['coherence'])} | {fmt(e['perplexity'])} | {fmt(ratio)} |"
-                )
-            lines.append("")
+        if "base" in arms:
+            lines += steering_tables(arms, choices)
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -876,8 +981,9 @@ def main() -> None:
     parser.add_argument("--files", default=",".join(REAL_FILES), help="real files to screen (sample level)")
     parser.add_argument(
         "--arms",
-        default=",".join(arm_plan(Path("."), Choices(layers={}))),
-        help="arms to train (training set names, plus <set>+prevent, <set>+prevent-multi)",
+        default=None,
+        help="arms to train: training set names, or <set>+prevent@<coef> / <set>+prevent-multi@<coef> "
+        "(default: every training set, and evil II with both kinds at the dev-chosen coefficients)",
     )
     parser.add_argument(
         "--layers",
@@ -902,7 +1008,7 @@ def main() -> None:
 
     if not args.real_dir.is_dir():
         raise SystemExit(f"real data not found at {args.real_dir} (pass --real-dir)")
-    args.arms = args.arms.split(",")
+    args.arms = args.arms.split(",") if args.arms else None
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     wanted = args.stages.split(",")
@@ -916,7 +1022,7 @@ def main() -> None:
         layers = {t: int(l) for t, _, l in (item.partition("=") for item in args.layers.split(","))}
         write_json(choices_path, asdict(Choices(layers=layers)))
     raw = read_json(choices_path)
-    choices = Choices(**{**raw, "multi_layers": tuple(raw["multi_layers"])})
+    choices = Choices(**{**raw, **{k: tuple(raw[k]) for k in ("multi_layers", "prevent_coefs") if k in raw}})
     loaded = None
 
     def model():
@@ -937,6 +1043,11 @@ def main() -> None:
             t = stage("dev: per-layer separation on bundled severe vs normal")
             write_json(out / "dev.json", run_dev(args, out, model()))
             timing["dev"] = time.perf_counter() - t
+        if "prevent" in wanted and choices.prevent_coef is None:
+            loaded = None  # each arm loads its own copy
+            t = stage(f"prevent: coefficient sweep on {choices.prevent_dev_set} (dev)")
+            choices = run_prevent(args, out, choices)
+            timing["prevent"] = time.perf_counter() - t
         if "screen" in wanted:
             for name in args.files.split(","):
                 if (out / "screen" / f"{name}.json").is_file():
@@ -958,7 +1069,8 @@ def main() -> None:
     except PersonaGuardError as error:
         raise SystemExit(f"error: {error}") from None
     finally:
-        write_json(timing_path, timing)
+        # merged with the file as it is now: stages may run as parallel processes on one --out
+        write_json(timing_path, {**(read_json(timing_path) if timing_path.is_file() else {}), **timing})
     if "report" in wanted:
         print(f"\nreport: {run_report(args, out, choices)}")
     print(f"wall time {time.perf_counter() - started:.0f} s")
