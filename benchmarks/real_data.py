@@ -722,10 +722,14 @@ def plot_layers(curves: dict, dev: dict, choices: Choices, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), sharey=True)
-    for axis, (mix, by_source) in zip(axes, curves.items()):
-        trait = MIXES[mix][0]
-        for i, (source, curve) in enumerate(by_source.items()):
+    # one panel per test mix, then one per trait with dev curves only (no real set for it)
+    panels = [(mix, MIXES[mix][0], by_source) for mix, by_source in curves.items()]
+    tested = {trait for _, trait, _ in panels}
+    panels += [(f"{trait} (dev only: no real set)", trait, {}) for trait in dev if trait not in tested]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    for axis, (title, trait, by_source) in zip(axes[0], panels):
+        for i, source in enumerate(SOURCES):
+            curve = by_source.get(source)
             if curve:
                 axis.plot(list(curve), list(curve.values()), marker=".", color=f"C{i}", label=f"{source} (test)")
             if source in dev.get(trait, {}):
@@ -741,9 +745,9 @@ def plot_layers(curves: dict, dev: dict, choices: Choices, path: Path) -> None:
         axis.axvline(
             choices.layers[trait], color="grey", linestyle="--", label=f"default layer {choices.layers[trait]}"
         )
-        axis.set(title=mix, xlabel="layer", ylim=(0.0, 1.02))
-    axes[0].set_ylabel("AUROC of response projection")
-    axes[-1].legend(fontsize=7, loc="lower right")
+        axis.set(title=title, xlabel="layer", ylim=(0.0, 1.02))
+    axes[0, 0].set_ylabel("AUROC of response projection")
+    axes[0, 0].legend(fontsize=6, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -840,16 +844,27 @@ def run_report(args, out: Path, choices: Choices) -> Path:
         lines += [
             "## Vector sources",
             "",
-            "| trait | source | pairs | held-out exemplar layer | dev layer |",
-            "|---|---|---|---|---|",
+            "Dev: AUROC of the response projection, bundled <trait>/severe vs <trait>/normal.",
+            "",
+            "| trait | source | pairs | held-out exemplar layer | dev AUROC at the default layer | dev layer (AUROC) "
+            "| cosine to exemplars at the default layer |",
+            "|---|---|---|---|---|---|---|",
         ]
         for trait, entry in vectors.items():
             for source in SOURCES:
                 if source in entry:
+                    d = dev.get(trait, {}).get(source)
+                    cosine = entry.get("cosine_exemplars_generate", {}).get(str(choices.layers[trait]))
                     lines.append(
                         f"| {trait} | {source} | {entry[source]['pairs']} | "
                         f"{entry[source].get('heldout_rule_layer', '-')} | "
-                        f"{dev.get(trait, {}).get(source, {}).get('dev_layer', '-')} |"
+                        + (
+                            f"{d['curve'][str(choices.layers[trait])]['auroc']:.3f} | "
+                            f"{d['dev_layer']} ({d['curve'][str(d['dev_layer'])]['auroc']:.3f}) | "
+                            if d
+                            else "- | - | "
+                        )
+                        + (f"{cosine:.2f} |" if source == "generate" and cosine is not None else "- |")
                     )
             if "generate_error" in entry:
                 lines.append(f"| {trait} | generate | failed: {entry['generate_error'][:120]} | | |")
