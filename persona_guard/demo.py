@@ -121,7 +121,7 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     rows = read_jsonl(dataset_path("contaminated", f"{config.trait}.jsonl"))[:config.screen_rows]
     result = screener.score(rows)
     scores = result.traits[vector.trait]
-    labels = labels_of(result, "label")
+    labels = labels_of(result.rows, "label")
     dp = scores.dp
     methods = compare_methods({"dp": dp, "response": scores.projection}, 0, labels)
     summary = {"mode": mode, "rows": len(rows),

@@ -25,7 +25,7 @@ import yaml
 from persona_guard.errors import PersonaGuardError
 from persona_guard.extraction import JUDGEMENT_FIELDS, JsonlCache
 from persona_guard.files import atomic_path, write_text_atomic
-from persona_guard.layer_selection import Cell, check_same_trait, choose_layer
+from persona_guard.layer_selection import Cell, choose_layer
 from persona_guard.llm_client import JsonCache
 from persona_guard.models import DEFAULT_MODEL, SOURCE_RECORD, _conversion_problem, check_model_dir
 from persona_guard.monitor import PersonaMonitor
@@ -33,7 +33,7 @@ from persona_guard.screening.base_answers import AnswerCache
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import MAX_JSON_DEPTH, RequestError, parse_json_body
 from persona_guard.traits import load_trait
-from persona_guard.vectors import PersonaVector, load_gguf_control_vector
+from persona_guard.vectors import PersonaVector, check_same_trait, load_gguf_control_vector
 from tests.conftest import as_loaded
 from tests.test_bad_input import CONCURRENCY, REPO, build_inputs, snapshot, write_raw_vector
 from tests.test_serve import start_server

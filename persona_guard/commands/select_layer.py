@@ -13,17 +13,11 @@ from persona_guard.commands.common import (
     preflight,
 )
 from persona_guard.files import refuse_overwrite
-from persona_guard.layer_selection import (
-    LayerSelectionConfig,
-    check_same_trait,
-    select_layer,
-    selection_stem,
-    store_choice,
-)
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer, selection_stem, store_choice
 from persona_guard.models import load_model
 from persona_guard.schema import add_arguments, from_args
 from persona_guard.traits import load_trait
-from persona_guard.vectors import PersonaVector
+from persona_guard.vectors import PersonaVector, check_same_trait
 
 #: library field -> command-line flag
 SELECTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (

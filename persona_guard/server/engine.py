@@ -42,6 +42,7 @@ class RowSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this probability mass
 
 
 @dataclass
@@ -270,4 +271,8 @@ class Engine:
         if row.spec.temperature <= 0:
             return int(logits.argmax())
         probs = (logits.float() / row.spec.temperature).softmax(-1).cpu()
+        if row.spec.top_p < 1:  # keep the most likely tokens until their mass reaches top_p (the first always)
+            ordered, order = probs.sort(descending=True)
+            keep = ordered.cumsum(-1) - ordered < row.spec.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
         return int(torch.multinomial(probs, 1, generator=row.generator))

@@ -123,6 +123,7 @@ class UpstreamBackend:
             "messages": list(params.messages),
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
+            "top_p": params.top_p,
             "n": params.n,
             "stream": params.stream,
         }
