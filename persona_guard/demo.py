@@ -317,8 +317,7 @@ def findings_of(evaluation: list[dict], arm: str = "severe+prevent") -> dict:
 
 
 def run_demo(config: DemoConfig, quick: bool = False) -> dict:
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out_dir)  # created by the first file written into it
     started = time.perf_counter()
     summary: dict = {"config": asdict(config), "quick": quick}
 

@@ -91,8 +91,7 @@ def select_layer(loaded: LoadedModel, vector: PersonaVector, trait: Trait, judge
     for layer in config.layers:
         if not 0 <= layer <= vector.num_layers:
             raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 0..{vector.num_layers}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the first file written into it
     questions = list(trait.eval_questions[:config.questions])
     prompts = [[{"role": "user", "content": q}] for q in questions]
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,

@@ -315,6 +315,16 @@ def load_model(
     return loaded
 
 
+def eos_token_ids(model: nn.Module, tokenizer) -> tuple[int, ...]:
+    """The ids an answer ends at, as ``generate`` stops: the generation config's ``eos_token_id``
+    (int or list), else the tokenizer's (none: empty). Used by screening's greedy loop, whose answers
+    equal ``generate``'s, and by ``serve``."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return tuple(eos) if isinstance(eos, (list, tuple)) else () if eos is None else (eos,)
+
+
 def same_model_id(first: str, second: str) -> bool:
     """Whether two model ids name the same model: a built-in name and its converted dir are the
     built-in; an existing path is its resolved absolute path; a hub id compares without case and
