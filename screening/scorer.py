@@ -491,7 +491,8 @@ class Screener:
 
 
 #: manifest keys -> what they mean, in the refusal of a resume with other inputs
-_MANIFEST_NAMES = {"content_sha256": "data", "rows": "data", "shard_size": "--shard-size",
+_MANIFEST_NAMES = {"content_sha256": "data", "rows": "data", "vectors": "vectors or their layers (--vector, --layer)",
+                   "model": "model (--model)", "base_answers": "base-answer settings", "shard_size": "--shard-size",
                    "batch_size": "--batch-size", "max_length": "--max-length", "mode": "mode (--no-generate)",
                    "policy": "flagging policy", "judge_threshold": "--judge-threshold",
                    "judge_combine": "--judge-combine"}
