@@ -31,12 +31,12 @@ from compute_ceiling import large_matmul_gflops, matmul_work_per_token
 
 from persona_guard.encoding import render_prompt
 from persona_guard.generation import GenerationConfig, generate_responses
-from persona_guard.models import load_model
+from persona_guard.models import eos_token_ids, load_model
 from persona_guard.rows import read_rows
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import transformers_backend
 from persona_guard.screening.data import classify_rows
-from persona_guard.screening.fast_generate import eos_token_ids, greedy_generate, kv_token_budget
+from persona_guard.screening.fast_generate import greedy_generate, kv_token_budget
 
 
 def unique_prompts(path: str, count: int) -> list[list[dict]]:

@@ -74,7 +74,7 @@ def main() -> None:
         started = time.perf_counter()
         result = screener.score(data_path)
         seconds = time.perf_counter() - started
-        labels = labels_of(result, "label")
+        labels = labels_of(result.rows, "label")
         scores = result.traits[trait.name]
         table = compare_methods({
             "exact dP (base answers)": scores.dp,

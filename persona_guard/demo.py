@@ -121,7 +121,7 @@ def screen(config: DemoConfig, out: Path, loaded, vector: PersonaVector) -> dict
     rows = read_jsonl(dataset_path("contaminated", f"{config.trait}.jsonl"))[:config.screen_rows]
     result = screener.score(rows)
     scores = result.traits[vector.trait]
-    labels = labels_of(result, "label")
+    labels = labels_of(result.rows, "label")
     dp = scores.dp
     methods = compare_methods({"dp": dp, "response": scores.projection}, 0, labels)
     summary = {"mode": mode, "rows": len(rows),
@@ -317,8 +317,7 @@ def findings_of(evaluation: list[dict], arm: str = "severe+prevent") -> dict:
 
 
 def run_demo(config: DemoConfig, quick: bool = False) -> dict:
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out_dir)  # created by the first file written into it
     started = time.perf_counter()
     summary: dict = {"config": asdict(config), "quick": quick}
 

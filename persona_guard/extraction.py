@@ -334,8 +334,7 @@ def extract_vector(loaded: LoadedModel, trait: Trait, out_dir: str | Path, *,
                    progress: bool = True, plots: bool = True) -> ExtractionResult:
     """Run the pipeline and write ``out_dir/<trait>.safetensors``, ``report.json`` and a PNG plot.
     The vector is read at every layer of ``loaded`` and records ``loaded.model_id``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the first file written into it
     model, tokenizer, model_id = loaded.model, loaded.tokenizer, loaded.model_id
     layers = list(range(loaded.num_layers + 1))
     report: dict = {"trait": trait.name, "trait_source": trait.source, "model": model_id,

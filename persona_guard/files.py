@@ -7,6 +7,11 @@ crash or ``kill -9`` never leaves a half-written result behind.
 The overwrite rule, shared by every command: an existing output is refused with one line naming it,
 unless ``--force`` is passed, or the command can resume it (the same inputs, recorded next to the
 partial result: ``screen`` shards, ``extract`` caches, ``train`` checkpoints).
+
+The refusal rule: a run that fails creates nothing. Commands check their inputs before they write,
+folders appear with the first file written into them (:func:`atomic_path`), and
+:func:`output_folder` puts back an output folder a failed run found absent or empty, unless the run
+left something to resume from.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +80,32 @@ def refuse_overwrite(paths: Iterable[str | Path], force: bool, flag: str = "--fo
     for path in map(Path, paths):
         if path.is_dir() and any(path.iterdir()) or path.exists() and not path.is_dir():
             raise PersonaGuardError(f"{path} exists; pass {flag} to overwrite it")
+
+
+def holds_a_file(folder: Path) -> bool:
+    """Whether anything but empty folders is under ``folder``: the default test of :func:`output_folder`."""
+    return any(not path.is_dir() for path in folder.rglob("*"))
+
+
+@contextmanager
+def output_folder(folder: str | Path, *, resumable: Callable[[Path], bool] = holds_a_file,
+                  owner: bool = True) -> Iterator[Path]:
+    """Run a command's work into ``folder``; when it fails (any exception, ``KeyboardInterrupt``
+    included) and ``folder`` was absent or empty before, leave it as found (removed, or emptied)
+    unless ``resumable(folder)``: what a run that did real work wrote (shards, caches, checkpoints)
+    is kept, so the next run resumes. ``owner``: this process may remove (False on all but the main
+    process of a distributed run). A folder that held anything before is never touched."""
+    folder = Path(folder)
+    existed = folder.is_dir()
+    fresh = not folder.exists() or existed and not any(folder.iterdir())
+    try:
+        yield folder
+    except BaseException:
+        if fresh and owner and folder.is_dir() and not resumable(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            if existed:
+                folder.mkdir(exist_ok=True)
+        raise
 
 
 def check_writable(folder: str | Path) -> None:

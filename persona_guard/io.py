@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
+
+
+class NonStandardJSON(ValueError):
+    """``NaN``, ``Infinity``, ``-Infinity`` or a number that overflows to infinity (``1e999``): Python's
+    ``json`` reads them, JSON (RFC 8259) has none, and written back they make a file no other reader takes."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonStandardJSON(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise NonStandardJSON(f"{name} is not valid JSON")
+
+
+def loads_strict(text: str | bytes):
+    """``json.loads`` as JSON has it, for every reader of user files and requests: a non-standard
+    constant or an overflowing number raises :class:`NonStandardJSON` (a ``ValueError``, as
+    ``json.JSONDecodeError`` is) naming it."""
+    return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -32,5 +56,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write atomically: the file appears complete or not at all."""
-    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    """Write atomically: the file appears complete or not at all. Strict JSON: a NaN or infinity is
+    refused (one line naming ``path``), never written as bare ``NaN``."""
+    try:
+        text = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+    except ValueError:
+        raise PersonaGuardError(f"{path}: refusing to write a non-finite number (NaN or infinity) as JSON") from None
+    return write_text_atomic(path, text)

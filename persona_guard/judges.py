@@ -35,7 +35,7 @@ from typing import Protocol
 import torch
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.llm_client import ChatClient, LocalChatClient, OpenAIChatClient
+from persona_guard.llm_client import ChatClient, LocalChatClient, OpenAIChatClient, check_reachable
 from persona_guard.traits import Trait
 
 MIN_NUMBER_MASS = 0.25
@@ -453,25 +453,15 @@ def check_judge(spec: str, endpoint: JudgeEndpoint = JudgeEndpoint()) -> None:
     offline: its embedding package; ``openai:``: a URL that answers a TCP connect (and a key for
     OpenAI's public API); ``local:``: the model can be found. Raises :class:`PersonaGuardError`.
     """
-    import socket
-    from urllib.parse import urlsplit
-
     kind, _, target = spec.partition(":")
     if kind == "offline" and not target:
         embedder_dir()
     elif kind == "openai" and target:
         url = endpoint.resolved_url()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PersonaGuardError(f"judge endpoint {url!r} is not an http(s) URL")
         if url == OPENAI_BASE_URL and not os.environ.get("OPENAI_API_KEY"):
             raise PersonaGuardError(f"judge {spec} would send answers to {url} without a key: set "
                                     "OPENAI_API_KEY, or pass --judge-base-url for another server")
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            socket.create_connection((parts.hostname, port), timeout=5).close()
-        except (OSError, ValueError) as error:
-            raise PersonaGuardError(f"judge endpoint {url} is unreachable ({error})") from None
+        check_reachable(url, "judge endpoint")
     elif kind == "local" and target:
         from persona_guard.models import check_model_available
 

@@ -26,7 +26,7 @@ from persona_guard.models import LoadedModel
 from persona_guard.schema import FieldError, bounds, check
 from persona_guard.steering import COEF_BOUNDS, Steering
 from persona_guard.traits import Trait
-from persona_guard.vectors import PersonaVector
+from persona_guard.vectors import PersonaVector, check_same_trait
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,7 @@ def select_layer(loaded: LoadedModel, vector: PersonaVector, trait: Trait, judge
     for layer in config.layers:
         if not 0 <= layer <= vector.num_layers:
             raise PersonaGuardError(f"layer {layer} cannot be steered; choose from 0..{vector.num_layers}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the first file written into it
     questions = list(trait.eval_questions[:config.questions])
     prompts = [[{"role": "user", "content": q}] for q in questions]
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -129,13 +128,6 @@ def select_layer(loaded: LoadedModel, vector: PersonaVector, trait: Trait, judge
     table_csv, table_md = write_tables(cells, stem)
     heatmap = plot_heatmap(cells, config, stem.with_suffix(".png"), vector.trait, chosen)
     return LayerSelection(cells, baseline[0], chosen, rule, heuristic_layer, table_csv, table_md, heatmap, best)
-
-
-def check_same_trait(vector: PersonaVector, trait: Trait) -> None:
-    """Refuse judging a vector's steering by another trait's rubric (naming both)."""
-    if trait.name != vector.trait:
-        raise PersonaGuardError(f"the vector is for trait {vector.trait!r} but the trait given is {trait.name!r}; "
-                                "pass the vector's own trait")
 
 
 def choose_layer(cells: Sequence[Cell], heuristic_layer: int | None,

@@ -171,7 +171,8 @@ class OpenAIChatClient:
                 last_error = str(getattr(error, "reason", error))
             if attempt < self.max_retries:
                 time.sleep(delay)
-        raise PersonaGuardError(f"{url}: giving up after {self.max_retries + 1} attempts ({last_error})")
+        raise PersonaGuardError(f"{url}: no answer after {self.max_retries + 1} requests (the HTTP client's "
+                                f"connection retries, max_retries={self.max_retries}) ({last_error})")
 
     def complete(self, messages: Sequence[Message], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_logprobs: int | None = None, seed: int | None = None) -> Completion:
@@ -301,6 +302,22 @@ class LocalChatClient:
         return Completion(text=text, first_token_top_logprobs=top)
 
 
+def check_reachable(url: str, what: str) -> None:
+    """Preflight of an OpenAI-compatible endpoint: an http(s) URL whose host accepts a TCP connection
+    within 5 s; otherwise one line naming ``what`` (e.g. "judge endpoint") and the URL."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PersonaGuardError(f"{what} {url!r} is not an http(s) URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except (OSError, ValueError) as error:
+        raise PersonaGuardError(f"{what} {url} is unreachable ({error})") from None
+
+
 def client_from_options(*, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                         local_model: str | None = None, cache_dir: str | None = None,
                         prefill: bool = False, base_url_env: str = "OPENAI_BASE_URL") -> ChatClient:
@@ -312,5 +329,6 @@ def client_from_options(*, base_url: str | None = None, model: str | None = None
     if not base_url or not model:
         raise PersonaGuardError(f"need --local-model, or --base-url (or ${base_url_env}) and --model "
                                 "for an OpenAI-compatible endpoint")
+    check_reachable(base_url, "endpoint")  # fails in a second, not after the client's retries
     return OpenAIChatClient(base_url=base_url, model=model, api_key=api_key or os.environ.get("OPENAI_API_KEY"),
                             cache_dir=cache_dir, prefill=prefill)

@@ -315,6 +315,32 @@ def load_model(
     return loaded
 
 
+def eos_token_ids(model: nn.Module, tokenizer) -> tuple[int, ...]:
+    """The ids an answer ends at, as ``generate`` stops: the generation config's ``eos_token_id``
+    (int or list), else the tokenizer's (none: empty). Used by screening's greedy loop, whose answers
+    equal ``generate``'s, and by ``serve``."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return tuple(eos) if isinstance(eos, (list, tuple)) else () if eos is None else (eos,)
+
+
+def same_model_id(first: str, second: str) -> bool:
+    """Whether two model ids name the same model: a built-in name and its converted dir are the
+    built-in; an existing path is its resolved absolute path; a hub id compares without case and
+    trailing slash. Paths are not opened and nothing is converted."""
+
+    def normal(model_id: str) -> str:
+        path = Path(model_id).expanduser()
+        if model_id in BUILTIN_MODELS or not path.exists():
+            return model_id.strip().rstrip("/").lower()
+        resolved = path.resolve()
+        builtins = [name for name in BUILTIN_MODELS if builtin_model_dir(name).resolve() == resolved]
+        return builtins[0] if builtins else str(resolved)
+
+    return normal(first) == normal(second)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip DDP / DeepSpeed / FSDP(1) ``.module`` wrappers and PEFT wrappers.
 

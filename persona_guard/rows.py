@@ -24,7 +24,6 @@ Reading a file never stops at a bad line: each line becomes a row or a :class:`D
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.io import loads_strict
 
 ROLES = ("system", "user", "assistant", "tool")
 #: message keys handed on besides role and content (when present and not null)
@@ -137,8 +137,8 @@ def _decode_json_text(value, field: str):
     """CSV cells hold message lists as JSON text: decode text that looks like one."""
     if isinstance(value, str) and value.lstrip().startswith("[{"):
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return loads_strict(value)
+        except ValueError:
             raise RowError(field, "looks like a JSON message list but does not parse") from None
     return value
 
@@ -192,67 +192,70 @@ def parse_messages(value, field: str) -> list[dict]:
     return messages
 
 
-def _check_prompt(prompt: list[dict], field: str) -> tuple[dict, ...]:
+def check_prompt(prompt: list[dict], field: str) -> tuple[dict, ...]:
+    """The prompt rule of every reader (rows, served chat requests): at least one non-empty user turn."""
     if not any(m["role"] == "user" and (m["content"] or "").strip() for m in prompt):
         raise RowError(field, "the prompt has no non-empty user turn")
     return tuple(prompt)
 
 
-def _answer_text(message: dict, field: str) -> str:
+def _answer_text(message: dict, field: str, need: Need) -> str:
+    """The answer's text; an empty one is refused unless only the prompt is needed (``monitor``
+    forecasts from the prompt and reports ``response_mean: null`` for it)."""
     if message["content"] is None:
         raise RowError(f"{field}.content", "the answer is tool calls only (no text to score or train on)")
-    if not message["content"].strip():
+    if not message["content"].strip() and need == "answer":
         raise RowError(f"{field}.content", "empty answer")
     return message["content"]
 
 
-def _split(messages: list[dict], field: str, side: str | None = None) -> Sample:
+def _split(messages: list[dict], field: str, need: Need, side: str | None = None) -> Sample:
     """Final assistant turn = the answer, the turns before it = the prompt."""
     last = len(messages) - 1
     if messages[last]["role"] != "assistant":
-        return Sample(_check_prompt(messages, field), None, side)
-    return Sample(_check_prompt(messages[:last], field), _answer_text(messages[last], f"{field}[{last}]"), side)
+        return Sample(check_prompt(messages, field), None, side)
+    return Sample(check_prompt(messages[:last], field), _answer_text(messages[last], f"{field}[{last}]", need), side)
 
 
 def _prompt(value, field: str) -> tuple[dict, ...]:
     value = _decode_json_text(value, field)
     if isinstance(value, str):
-        return _check_prompt([{"role": "user", "content": value}], field)
+        return check_prompt([{"role": "user", "content": value}], field)
     if isinstance(value, list):
-        return _check_prompt(parse_messages(value, field), field)
+        return check_prompt(parse_messages(value, field), field)
     raise RowError(field, f"must be a string or a message list, not {type(value).__name__}")
 
 
-def _completion(value, field: str) -> str:
+def _completion(value, field: str, need: Need) -> str:
     value = _decode_json_text(value, field)
     if isinstance(value, str):
-        if not value.strip():
+        if not value.strip() and need == "answer":
             raise RowError(field, "empty answer")
         return value
     if isinstance(value, list):
         turns = parse_messages(value, field)
         if len(turns) != 1 or turns[0]["role"] != "assistant":
             raise RowError(field, "a completion list must hold exactly one assistant message")
-        return _answer_text(turns[0], f"{field}[0]")
+        return _answer_text(turns[0], f"{field}[0]", need)
     raise RowError(field, f"must be a string or a message list, not {type(value).__name__}")
 
 
 # ---- rows ---------------------------------------------------------------------------------------
 
-def _preference(data: Mapping) -> tuple[Sample, ...]:
+def _preference(data: Mapping, need: Need) -> tuple[Sample, ...]:
     for side in SIDES:
         if data.get(side) is None:
             raise RowError(side, "missing (a preference row needs both 'chosen' and 'rejected')")
     if data.get("prompt") is not None:
         prompt = _prompt(data["prompt"], "prompt")
-        return tuple(Sample(prompt, _completion(data[side], side), side) for side in SIDES)
+        return tuple(Sample(prompt, _completion(data[side], side, need), side) for side in SIDES)
     samples = []
     for side in SIDES:
         value = _decode_json_text(data[side], side)
         if not isinstance(value, list):
             raise RowError("prompt", "missing: plain-text 'chosen'/'rejected' need an explicit 'prompt' "
                                      "(an implicit prompt needs message lists)")
-        sample = _split(parse_messages(value, side), side, side)
+        sample = _split(parse_messages(value, side), side, need, side)
         if sample.response is None:
             raise RowError(f"{side}[{len(value) - 1}]", "the conversation does not end with an assistant answer")
         samples.append(sample)
@@ -261,24 +264,25 @@ def _preference(data: Mapping) -> tuple[Sample, ...]:
     return tuple(samples)
 
 
-def parse_row(data: Mapping) -> tuple[Form, tuple[Sample, ...]]:
+def parse_row(data: Mapping, need: Need = "answer") -> tuple[Form, tuple[Sample, ...]]:
     """The form of a row and its samples; raises :class:`RowError` when the row is unusable.
 
     A ``text`` row has no samples; a prompt-only row (or a conversation that does not end with an
-    assistant turn) has one sample whose ``response`` is None."""
+    assistant turn) has one sample whose ``response`` is None. An empty answer is refused unless
+    ``need`` is ``"prompt"`` (then its ``response`` is that empty text: no response tokens)."""
     if not isinstance(data, Mapping):
         raise RowError("", f"expected a JSON object, got {type(data).__name__}")
     check_text(data, "")
     if data.get("chosen") is not None or data.get("rejected") is not None:
-        return "preference", _preference(data)
+        return "preference", _preference(data, need)
     if data.get("messages") is not None:
-        return "messages", (_split(parse_messages(data["messages"], "messages"), "messages"),)
+        return "messages", (_split(parse_messages(data["messages"], "messages"), "messages", need),)
     if data.get("prompt") is not None:
         prompt = _prompt(data["prompt"], "prompt")
         if data.get("completion") is not None:
-            return "prompt_completion", (Sample(prompt, _completion(data["completion"], "completion")),)
+            return "prompt_completion", (Sample(prompt, _completion(data["completion"], "completion", need)),)
         if data.get("response") is not None:
-            return "prompt_response", (Sample(prompt, _completion(data["response"], "response")),)
+            return "prompt_response", (Sample(prompt, _completion(data["response"], "response", need)),)
         return "prompt_only", (Sample(prompt, None),)
     if data.get("text") is not None:
         if not isinstance(data["text"], str):
@@ -302,7 +306,7 @@ def usable_row(index: int, raw: RawRow, need: Need = "answer") -> Row:
     """The :class:`Row` of a raw row, or the :class:`RowError` that says why it cannot be used."""
     if raw.data is None:
         raise raw.error or RowError("", "unreadable row")
-    form, samples = parse_row(raw.data)
+    form, samples = parse_row(raw.data, need)
     require(form, samples, need)
     return Row(index, raw.source, raw.row_number, raw.data, form, samples)
 
@@ -346,9 +350,9 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, dict | None, RowError | None]
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield line_number, None, RowError("", f"invalid JSON ({error.msg})")
+                data = loads_strict(line)
+            except ValueError as error:  # JSONDecodeError, or NonStandardJSON (NaN, Infinity, 1e999)
+                yield line_number, None, RowError("", f"invalid JSON ({getattr(error, 'msg', error)})")
                 continue
             except RecursionError:
                 yield line_number, None, RowError("", "invalid JSON (nested too deeply)")
@@ -366,8 +370,8 @@ def _read_jsonl(path: Path) -> list[RawRow]:
             starts_array = handle.read(4096).lstrip().startswith(b"[")
         if starts_array:
             try:
-                records = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
-            except (json.JSONDecodeError, RecursionError) as error:
+                records = loads_strict(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+            except (ValueError, RecursionError) as error:
                 raise PersonaGuardError(f"{path}: invalid JSON array ({error})") from None
             return rows_from_records(records, str(path))
     return [RawRow(str(path), number, data, error) for number, data, error in jsonl_lines(path)]
@@ -414,12 +418,21 @@ def _read_saved_dataset(path: Path, split: str | None) -> list[RawRow]:
 
 
 def _read_hub_dataset(name: str, split: str | None) -> list[RawRow]:
+    import logging
+
     from datasets import load_dataset
 
+    # huggingface_hub logs each retry of an unreachable hub (about a dozen lines without a network);
+    # the one error below says what happened, so its HTTP logger is quiet during the call
+    http_log = logging.getLogger("huggingface_hub.utils._http")
+    level = http_log.level
+    http_log.setLevel(logging.ERROR)
     try:
         dataset = load_dataset(name, split=split or "train")
     except Exception as error:  # datasets raises many types for unreachable / missing ids
         raise PersonaGuardError(f"cannot load dataset {name!r}: {str(error).splitlines()[0]}") from None
+    finally:
+        http_log.setLevel(level)
     return rows_from_records(dataset, name)
 
 

@@ -305,13 +305,16 @@ def values_from_args(args: Any, flags: Mapping[str, str]) -> dict[str, Any]:
     return {name: getattr(args, dest) for name, dest in dests.items() if hasattr(args, dest)}
 
 
-def from_args(cls: type[T], args: Any, flags: Mapping[str, str], **fixed: Any) -> T:
+def from_args(cls: type[T], args: Any, flags: Mapping[str, str], *, nested: Mapping[str, str] | None = None,
+              **fixed: Any) -> T:
     """``cls(**values_from_args(args, flags), **fixed)``: a cross-field error of ``cls``'s
-    ``__post_init__`` (a :class:`FieldError`) becomes one line naming the flag instead of the field."""
+    ``__post_init__`` (a :class:`FieldError`) becomes one line naming the flag instead of the field;
+    ``nested``: the flags of dotted keys of sections passed in ``fixed`` (``{"policy.top_k": "--top-k"}``)."""
     try:
         return cls(**values_from_args(args, flags), **fixed)
     except FieldError as error:
-        raise PersonaGuardError(f"{flags.get(error.key, error.key)}: {error.message}") from None
+        flag = {**flags, **(nested or {})}.get(error.key, error.key)
+        raise PersonaGuardError(f"{flag}: {error.message}") from None
 
 
 def field_lines(cls: type, prefix: str) -> list[str]:

@@ -17,6 +17,7 @@ import yaml
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
+from persona_guard.io import loads_strict
 
 SCHEMA_VERSION = 1
 N_INSTRUCTIONS = 5
@@ -181,8 +182,8 @@ def _read_mapping(path: Path):
         raise PersonaGuardError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at offset "
                                 f"{error.start})") from None
     try:
-        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else loads_strict(text)
+    except (ValueError, yaml.YAMLError) as error:  # JSONDecodeError, NonStandardJSON (NaN ...)
         first = str(error).splitlines()[0]
         kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
         raise PersonaGuardError(f"{path}: not valid {kind} ({first})") from None

@@ -8,6 +8,7 @@ A :class:`PersonaVector` holds one direction per residual-stream layer, ``direct
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,17 @@ from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path
-from persona_guard.models import LoadedModel, unwrap_model
-from persona_guard.traits import TRAIT_NAME
+from persona_guard.io import loads_strict
+from persona_guard.models import LoadedModel, same_model_id, unwrap_model
+from persona_guard.traits import TRAIT_NAME, Trait
 
 FORMAT_VERSION = 1
 _METADATA_KEY = "persona_guard"
+#: the model id of a vector whose model is not known (``vector import`` without ``--model-id``)
+UNKNOWN_MODEL = "unknown"
+
+log = logging.getLogger("persona_guard")
+_warned: set[tuple[str, str, str]] = set()  # (trait, vector model id, loaded model id) already warned about
 
 
 @dataclass
@@ -114,10 +121,21 @@ class PersonaVector:
                 f"{num_layers} layers")
 
     def check_model(self, model: LoadedModel) -> None:
-        """Refuse a model of another shape (hidden size, or number of its located layers)."""
+        """Refuse a model of another shape (hidden size, or number of its located layers); warn (one
+        line on stderr, once per vector and model) when the vector records another model id than
+        ``model``'s (:func:`persona_guard.models.same_model_id`; ``unknown`` never warns): a
+        converted or renamed copy is legitimate, another model's directions mean nothing."""
         config: Any = unwrap_model(model.model).config
         self.check_compatible(config.hidden_size, len(model.layers),
                               f"model {getattr(config, 'name_or_path', '') or model.model_id}")
+        loaded_ids = [model.model_id, getattr(config, "name_or_path", "") or model.model_id]
+        key = (self.trait, self.model_id, model.model_id)
+        if self.model_id != UNKNOWN_MODEL and key not in _warned and \
+                not any(same_model_id(self.model_id, loaded) for loaded in loaded_ids):
+            _warned.add(key)
+            log.warning("persona-guard: warning: the %r vector was extracted from model %r, but the model "
+                        "loaded is %r (fine for a converted or renamed copy; another model's directions "
+                        "mean nothing)", self.trait, self.model_id, model.model_id)
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -174,7 +192,7 @@ class PersonaVector:
         return vector
 
     @classmethod
-    def from_original_pt(cls, path: str | Path, trait: str | None = None, model_id: str = "unknown",
+    def from_original_pt(cls, path: str | Path, trait: str | None = None, model_id: str = UNKNOWN_MODEL,
                          default_layer: int | None = None) -> PersonaVector:
         """Import a vector saved by the original persona-vectors code: a ``[layers, hidden]`` tensor
         (one row per ``hidden_states`` entry). Loaded with ``weights_only=True``: no code runs."""
@@ -239,7 +257,7 @@ _HEADER_FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
 def _read_header(path: Path, header: str) -> dict:
     """The ``persona_guard`` metadata header as a dict with every field checked (see ``_HEADER_FIELDS``)."""
     try:
-        meta = json.loads(header)
+        meta = loads_strict(header)
     except ValueError as error:
         raise PersonaGuardError(f"{path}: '{_METADATA_KEY}' metadata is not valid JSON ({error})") from None
     if not isinstance(meta, dict):
@@ -339,6 +357,13 @@ def compute_vector(positive_activations: torch.Tensor, negative_activations: tor
     if not torch.isfinite(directions).all():
         raise PersonaGuardError("the activations give a non-finite direction (NaN or inf in the activations?)")
     return directions
+
+
+def check_same_trait(vector: PersonaVector, trait: Trait) -> None:
+    """Refuse judging or evaluating a vector against another trait's rubric (naming both)."""
+    if trait.name != vector.trait:
+        raise PersonaGuardError(f"the vector is for trait {vector.trait!r} but the trait given is {trait.name!r}; "
+                                "pass the vector's own trait")
 
 
 def vectors_by_trait(vectors, model: LoadedModel, user: str) -> dict[str, PersonaVector]:

@@ -38,9 +38,10 @@ from persona_guard.encoding import render_prompt
 from persona_guard.errors import PersonaGuardError
 from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.io import read_jsonl, write_jsonl
+from persona_guard.models import eos_token_ids
 from persona_guard.rows import last_user_turn
 from persona_guard.schema import FieldError, bounds, check
-from persona_guard.screening.fast_generate import eos_token_ids, greedy_generate, kv_token_budget, suppressed_tokens
+from persona_guard.screening.fast_generate import greedy_generate, kv_token_budget, suppressed_tokens
 
 
 @dataclass(frozen=True)

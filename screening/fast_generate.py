@@ -56,15 +56,6 @@ def suppressed_tokens(generation_config) -> tuple[int, ...] | None:
     return tuple(generation_config.suppress_tokens or ())
 
 
-def eos_token_ids(model: nn.Module, tokenizer) -> tuple[int, ...]:
-    """The ids ``generate`` stops at: the generation config's ``eos_token_id`` (int or list), else
-    the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-
-
 def kv_bytes_per_position(model: nn.Module) -> int:
     """Bytes of keys and values one token position takes in the cache, over all layers."""
     config = model.config.get_text_config(decoder=True)

@@ -17,6 +17,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.rows import DroppedRow, last_user_turn
 from persona_guard.screening.baselines import embedding_similarity, random_scores
+from persona_guard.screening.data import ScreenRow
 from persona_guard.screening.scorer import ScreenResult
 
 TOP_SAMPLES = 10
@@ -94,12 +95,17 @@ def compare_methods(methods: dict[str, np.ndarray], flagged: int, labels: np.nda
     return table
 
 
-def labels_of(result: ScreenResult, field: str) -> np.ndarray:
+def labels_of(rows: Sequence[ScreenRow], field: str) -> np.ndarray:
+    """The 0/1 ``field`` of each row (``ScreenResult.rows``, or the usable rows of
+    :func:`persona_guard.screening.data.classify_rows`, to check the field before any model work);
+    a row without it is one ``file:row`` error naming the field."""
     values = []
-    for row in result.rows:
+    for row in rows:
         value = row.data.get(field)
         if value in (0, 1, "0", "1", True, False):
             values.append(int(value))
+        elif field not in row.data:
+            raise PersonaGuardError(f"{row.source}:{row.row_number}: label field {field!r} is missing (--label-field)")
         else:
             raise PersonaGuardError(f"{row.source}:{row.row_number}: label field {field!r} must be 0 or 1, "
                                     f"got {value!r}")

@@ -36,7 +36,7 @@ from persona_guard.judges import JudgeEndpoint
 from persona_guard.models import LoadedModel, cache_dir, model_fingerprint, resolve_model_path
 from persona_guard.projection import Projector
 from persona_guard.rows import DroppedRow, RawRow, last_user_turn, read_rows, rows_from_records
-from persona_guard.schema import bounds, check, internal
+from persona_guard.schema import FieldError, bounds, check, internal
 from persona_guard.screening.base_answers import (
     AnswerCache,
     Backend,
@@ -83,6 +83,9 @@ class ScreeningConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.policy.top_k == 0 and not (self.judge and self.judge_combine == "or"):
+            raise FieldError("policy.top_k", "must be >= 1, got 0 (0 flags no row by dP: only for judge-only "
+                                             "flagging, with a judge and judge_combine 'or')")
 
     @property
     def answer_cache_path(self) -> Path:
@@ -312,19 +315,26 @@ class Screener:
         return {"model": self.model_key, "vectors": vectors, "mode": self.config.mode,
                 "base_answers": asdict(self.config.base_answers), "batch_size": self.config.batch_size,
                 "max_length": self.config.max_length, "shard_size": self.config.shard_size,
-                "rows": len(rows), "content_sha256": content.hexdigest()}
+                "rows": len(rows), "content_sha256": content.hexdigest(),
+                # what turns scores into the finished outputs: a rerun with other flags is another run
+                "policy": self.config.policy.name, "judge": self.config.judge,
+                "judge_threshold": self.config.judge_threshold, "judge_combine": self.config.judge_combine}
 
     def _score_rows(self, rows: list[ScreenRow], checkpoint: Path | None, processes: Processes) -> list[dict]:
         size = self.config.shard_size
         shards = [rows[begin:begin + size] for begin in range(0, len(rows), size)]
-        if checkpoint is not None:
-            self._check_manifest(checkpoint, self._fingerprint(rows), processes)
+        fingerprint = self._fingerprint(rows)
+        if checkpoint is not None:  # shards of another run are refused before any work
+            self._check_manifest(checkpoint, fingerprint, processes)
         if self.config.mode == "exact" and rows:
             if self.config.base_answers_file:  # every process checks and stores the same answers
                 self.answers.import_answers([row.prompt for row in rows], self.config.base_answers_file)
             self.answers.ensure([row.prompt for row in rows], rank=processes.rank,
                                 world_size=processes.world_size, progress=self.config.progress)
             processes.barrier()
+        if checkpoint is not None and processes.is_main and not (checkpoint / "manifest.json").exists():
+            # written once the base answers are in: a run refused before that leaves no folder
+            write_text_atomic(checkpoint / "manifest.json", json.dumps(fingerprint, indent=2))
         mine = [k for k in range(len(shards)) if k % processes.world_size == processes.rank]
         records: dict[int, list[dict]] = {}
         with tqdm(total=sum(len(shards[k]) for k in mine), desc="screening", unit="row",
@@ -373,12 +383,11 @@ class Screener:
                 except (OSError, ValueError):
                     raise PersonaGuardError(f"{manifest} is damaged, so its shards cannot be trusted; "
                                             "use another output dir or --force") from None
-                if recorded != fingerprint:
+                differ = _differences(recorded, fingerprint) if isinstance(recorded, dict) else ["all inputs"]
+                if differ:
                     raise PersonaGuardError(
-                        f"{checkpoint} holds shards of a different screening run (other data, vectors "
-                        "or settings); use another output dir or --force")
-            else:
-                write_text_atomic(manifest, json.dumps(fingerprint, indent=2))
+                        f"{checkpoint} holds shards of another screening run ({'; '.join(differ)}); "
+                        "use another output dir or --force")
         processes.barrier()
 
     def _score_shard(self, shard: Sequence[ScreenRow]) -> list[dict]:
@@ -479,6 +488,28 @@ class Screener:
             judged = np.nan_to_num(scores.judge, nan=-1.0) >= self.config.judge_threshold
             scores.flagged = scores.flagged & judged if self.config.judge_combine == "and" \
                 else scores.flagged | judged
+
+
+#: manifest keys -> what they mean, in the refusal of a resume with other inputs
+_MANIFEST_NAMES = {"content_sha256": "data", "rows": "data", "vectors": "vectors or their layers (--vector, --layer)",
+                   "model": "model (--model)", "base_answers": "base-answer settings", "shard_size": "--shard-size",
+                   "batch_size": "--batch-size", "max_length": "--max-length", "mode": "mode (--no-generate)",
+                   "policy": "flagging policy", "judge_threshold": "--judge-threshold",
+                   "judge_combine": "--judge-combine"}
+
+
+def _differences(recorded: dict, fingerprint: dict) -> list[str]:
+    """What differs between a shard manifest and this run, one phrase per input (short values quoted:
+    ``flagging policy: 'top 5%' there, 'top-k 1' here``)."""
+    phrases: dict[str, str] = {}
+    for key in fingerprint.keys() | recorded.keys():
+        there, here = recorded.get(key), fingerprint.get(key)
+        if there == here:
+            continue
+        name = _MANIFEST_NAMES.get(key, key.replace("_", " "))
+        short = all(isinstance(v, (str, int, float, type(None))) and len(repr(v)) <= 40 for v in (there, here))
+        phrases.setdefault(name, f"{name}: {there!r} there, {here!r} here" if short and key != "rows" else name)
+    return sorted(phrases.values())
 
 
 def _raw_rows(dataset) -> list[RawRow]:

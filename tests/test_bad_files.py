@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,16 +25,18 @@ import yaml
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.extraction import JUDGEMENT_FIELDS, JsonlCache
-from persona_guard.files import atomic_path, write_text_atomic
-from persona_guard.layer_selection import Cell, check_same_trait, choose_layer
+from persona_guard.files import atomic_path, output_folder, write_text_atomic
+from persona_guard.io import read_jsonl, write_jsonl
+from persona_guard.layer_selection import Cell, choose_layer
 from persona_guard.llm_client import JsonCache
 from persona_guard.models import DEFAULT_MODEL, SOURCE_RECORD, _conversion_problem, check_model_dir
 from persona_guard.monitor import PersonaMonitor
+from persona_guard.rows import read_rows, sort_rows
 from persona_guard.screening.base_answers import AnswerCache
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import MAX_JSON_DEPTH, RequestError, parse_json_body
 from persona_guard.traits import load_trait
-from persona_guard.vectors import PersonaVector, load_gguf_control_vector
+from persona_guard.vectors import PersonaVector, check_same_trait, load_gguf_control_vector
 from tests.conftest import as_loaded
 from tests.test_bad_input import CONCURRENCY, REPO, build_inputs, snapshot, write_raw_vector
 from tests.test_serve import start_server
@@ -281,6 +284,46 @@ def test_atomic_writes_remove_their_staging_file_on_any_exception(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "result.json"]
 
 
+def test_output_folder_puts_back_what_a_failed_run_found(tmp_path):
+    """persona_guard.files.output_folder: a folder the run created (or found empty) is put back when the
+    run fails with nothing in it to resume; a folder holding a file the run wrote, or anything before
+    the run, is kept; success keeps everything."""
+    fresh = tmp_path / "fresh"
+    with pytest.raises(PersonaGuardError):
+        with output_folder(fresh):
+            (fresh / "shards").mkdir(parents=True)
+            raise PersonaGuardError("refused")
+    assert not fresh.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with output_folder(empty):
+            (empty / "a" / "b").mkdir(parents=True)
+            raise KeyboardInterrupt
+    assert empty.is_dir() and not any(empty.iterdir())
+    worked = tmp_path / "worked"
+    with pytest.raises(PersonaGuardError):
+        with output_folder(worked):
+            write_text_atomic(worked / "shards" / "shard-00000.jsonl", "{}\n")
+            raise PersonaGuardError("late failure")
+    assert (worked / "shards" / "shard-00000.jsonl").is_file()  # real work is kept for the resume
+    earlier = tmp_path / "earlier"
+    (earlier / "old").mkdir(parents=True)
+    with pytest.raises(PersonaGuardError):
+        with output_folder(earlier, resumable=lambda folder: False):
+            raise PersonaGuardError("refused")
+    assert (earlier / "old").is_dir()
+    checkpoints = tmp_path / "train_out"
+    with pytest.raises(PersonaGuardError):
+        with output_folder(checkpoints, resumable=lambda folder: any(folder.glob("checkpoint-*"))):
+            write_text_atomic(checkpoints / "run_inputs.json", "{}")
+            raise PersonaGuardError("failed before the first checkpoint")
+    assert not checkpoints.exists()
+    with output_folder(tmp_path / "ok") as folder:
+        folder.mkdir()
+    assert (tmp_path / "ok").is_dir()
+
+
 def test_policy_save_leaves_no_temp_file_when_it_fails(tmp_path):
     path = tmp_path / "policy.yaml"
     Policy().save(path)
@@ -288,6 +331,38 @@ def test_policy_save_leaves_no_temp_file_when_it_fails(tmp_path):
     with pytest.raises(yaml.YAMLError):
         replace(Policy(), calibration={"set": object()}).save(path)  # not representable in YAML
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["policy.yaml"]
+
+
+# ---- non-standard JSON (NaN, Infinity, overflowing numbers) at every reader ---------------------------
+
+
+def test_readers_refuse_non_standard_json_naming_file_and_line(tmp_path):
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(good[:-1] + f', "extra": {constant}}}\n' for constant in ("NaN", "-Infinity", "1e999"))
+                    + good + "\n")
+    usable, dropped = sort_rows(read_rows(rows))
+    assert [row.row_number for row in usable] == [4]
+    assert [d.reason for d in dropped] == ["invalid JSON (NaN is not valid JSON)",
+                                           "invalid JSON (-Infinity is not valid JSON)",
+                                           "invalid JSON (number 1e999 is out of range)"]
+    with pytest.raises(PersonaGuardError, match=r"rows.jsonl:1: invalid JSON \(NaN is not valid JSON\)"):
+        read_jsonl(rows)
+    array = tmp_path / "rows.json"
+    array.write_text(f"[{good[:-1]}, \"extra\": Infinity}}]")
+    with pytest.raises(PersonaGuardError, match="rows.json: invalid JSON array .*Infinity is not valid JSON"):
+        read_rows(array)
+    trait = tmp_path / "trait.json"
+    trait.write_text(json.dumps(load_trait("evil").to_dict())[:-1] + ', "weight": NaN}')
+    with pytest.raises(PersonaGuardError, match="trait.json: not valid JSON .*NaN is not valid JSON"):
+        load_trait(str(trait))
+    header = PersonaVector("evil", "m", torch.randn(3, 4)).metadata_dict()
+    write_raw_vector(tmp_path / "v.safetensors", torch.randn(3, 4), json.dumps(header)[:-1] + ', "x": NaN}')
+    with pytest.raises(PersonaGuardError, match="'persona_guard' metadata is not valid JSON .*NaN"):
+        PersonaVector.load(tmp_path / "v.safetensors")
+    with pytest.raises(PersonaGuardError, match="out.jsonl: refusing to write a non-finite number"):
+        write_jsonl(tmp_path / "out.jsonl", [{"score": float("nan")}])
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 # ---- caches ---------------------------------------------------------------------------------------
@@ -429,8 +504,30 @@ def test_server_answers_hostile_bodies_with_openai_errors(tmp_path, tokenizer):
             assert reply.status_code == status, (body[:40], reply.text)
             error = reply.json()["error"]
             assert error["type"] == "invalid_request_error" and error["message"] and "Traceback" not in reply.text
-        ok = httpx.post(endpoint, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, timeout=60)
+        # what the row model refuses, and OpenAI/vLLM semantics of top_p: 400 naming the field
+        system = {"role": "system", "content": "be brief"}
+        for body, param, message in (
+                ({"messages": [system]}, "messages", "messages: the prompt has no non-empty user turn"),
+                ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages",
+                 "the prompt has no non-empty user turn"),
+                ({"messages": [system, {"role": "user", "content": "  "}]}, "messages", "no non-empty user turn"),
+                ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p", "'top_p' must be in (0, 1]"),
+                ({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}, "top_p", "between 0.0 and 1.0")):
+            reply = httpx.post(endpoint, json=body, timeout=60)
+            assert reply.status_code == 400, (body, reply.text)
+            error = reply.json()["error"]
+            assert error["param"] == param and message in error["message"], error
+        # a client that announces more body than it sends, then leaves: no traceback in the server's log
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), timeout=10) as raw:
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 5000\r\n\r\n{\"messages\"")
+        ok = httpx.post(endpoint, json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                        "top_p": 0.5, "temperature": 1.0, "seed": 3}, timeout=60)
         assert ok.status_code == 200, ok.text
+        metrics = httpx.get(f"{url[:-3]}/metrics", timeout=60).text
+        assert 'status="499"' in metrics, metrics  # the disconnect was seen and counted
     finally:
         process.terminate()
         process.wait(timeout=30)
+    log = "".join(process.output)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log

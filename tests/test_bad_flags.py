@@ -126,6 +126,16 @@ CASES = [
          "the vector is for trait 'evil' but the trait given is 'sycophantic'"),
     Case("train-peft-target-unknown", ("train", "{in}/recipe.yaml", "--peft.target_modules=[nope_proj]"),
          "peft.target_modules: nope_proj not found in LlamaForCausalLM"),
+    # -- found by the last fresh sweep
+    Case("screen-top-k-zero-without-judge", (*SCREEN, "--vector", VECTOR, "--no-generate", "--top-k", "0"),
+         "--top-k: must be >= 1, got 0 (0 flags no row by dP: only for judge-only flagging"),
+    Case("screen-top-k-zero-with-judge-and", (*SCREEN, "--vector", VECTOR, "--no-generate", "--top-k", "0",
+                                              "--judge", "offline"),
+         "--top-k: must be >= 1, got 0"),
+    Case("traits-generate-description-empty",
+         ("traits", "generate", "--name", "x", "--description", "", "--base-url", "http://127.0.0.1:{port}/v1",
+          "--model", "m"), "argument --description: is empty"),
+    Case("traits-generate-description-blank", (*GENERATE[:3], "  ", *GENERATE[4:]), "argument --description: is empty"),
 ]
 
 

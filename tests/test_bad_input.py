@@ -98,6 +98,10 @@ def build_inputs(root: Path, tokenizer) -> None:
     }
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     (root / "a_file").write_text("not a folder\n")
+    (root / "garbage.jsonl").write_text("garbage\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "mc_bad.jsonl").write_text(json.dumps({"question": "q", "choices": "ab", "answer": 0}) + "\n")
+    (root / "nan_field.jsonl").write_text(json.dumps({"messages": CONVERSATIONS[0]})[:-1] + ', "extra": NaN}\n')
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class Case:
     env: tuple[tuple[str, str | None], ...] = ()
     prelude: str = ""
     absent: str | None = None  # a package this case needs to be missing (else it is skipped)
+    alone: bool = False  # the error line is all of stderr (no warnings or retries logged before it)
 
 
 OFFLINE = (("HF_HUB_OFFLINE", "1"),)
@@ -482,6 +487,72 @@ CASES = [
         "judge endpoint http://127.0.0.1:{port}/v1 is unreachable",
         env=(("PERSONA_GUARD_JUDGE_BASE_URL", "http://127.0.0.1:{port}/v1"),),
     ),
+    # -- the last sweep: a refused run creates no output folder (persona_guard.files.output_folder and
+    # checks of data shapes and fields before any model work)
+    Case(
+        "screen-base-answers-not-json-leaves-no-folder",
+        (*SCREEN, "--vector", "{in}/evil.safetensors", "--base-answers", "{in}/garbage.jsonl"),
+        "{in}/garbage.jsonl:1: invalid JSON",
+    ),
+    Case(
+        "screen-label-field-missing-before-the-model-runs",
+        (*SCREEN, "--vector", "{in}/evil.safetensors", "--no-generate", "--label-field", "label"),
+        "{in}/data.jsonl:1: label field 'label' is missing (--label-field)",
+    ),
+    Case(
+        "eval-steer-coef-without-vector",
+        ("eval", "--trait", "evil", "--model", "{in}/model", "--steer-coef", "2", "--out", "ev"),
+        "arm model: steering at inference (coef 2) needs a vector (--vector)",
+    ),
+    Case(
+        "eval-benign-empty",
+        ("eval", "--trait", "evil", "--model", "{in}/model", "--judge", "none", "--benign", "{in}/empty.jsonl",
+         "--out", "ev"),
+        "{in}/empty.jsonl: no rows",
+    ),
+    Case(
+        "eval-mc-wrong-shape-before-answering",
+        ("eval", "--trait", "evil", "--model", "{in}/model", "--judge", "none", "--benign", "none",
+         "--mc", "{in}/mc_bad.jsonl", "--out", "ev"),
+        "{in}/mc_bad.jsonl: row 1: field 'choices' must be a list of 2-8 strings",
+    ),
+    Case(
+        "extract-layers-path-bogus-leaves-no-folder",
+        ("extract", "--trait", "evil", "--model", "{in}/model", "--device", "cpu", "--source", "exemplars",
+         "--out", "vec", "--layers-path", "bogus.path"),
+        "no nn.ModuleList at 'bogus.path' in LlamaForCausalLM",
+    ),
+    Case(
+        "select-layer-layers-path-bogus-leaves-no-folder",
+        ("select-layer", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
+         "--out", "sel", "--layers-path", "bogus.path"),
+        "no nn.ModuleList at 'bogus.path' in LlamaForCausalLM",
+    ),
+    # -- the last sweep: checks done early, messages that say which layer gave up, nothing but the error
+    Case(
+        "traits-generate-unreachable-endpoint-fails-at-once",
+        ("traits", "generate", "--name", "x", "--description", "a trait", "--base-url",
+         "http://127.0.0.1:{port}/v1", "--model", "m", "--attempts", "1"),
+        "endpoint http://127.0.0.1:{port}/v1 is unreachable",
+    ),
+    Case(
+        "screen-hub-dataset-without-network-is-one-line",
+        ("screen", "nobody/no-such-dataset", *SCREEN[2:], "--vector", "{in}/evil.safetensors"),
+        "cannot load dataset 'nobody/no-such-dataset'",
+        env=(("HF_HUB_OFFLINE", None), ("HF_DATASETS_OFFLINE", None), ("HF_ENDPOINT", "http://127.0.0.1:{port}")),
+        alone=True,
+    ),
+    # -- the last sweep: non-standard JSON (bare NaN) is refused by the row reader, naming file and line
+    Case(
+        "judge-bare-nan-in-an-extra-field",
+        ("judge", "--trait", "evil", "--input", "{in}/nan_field.jsonl", "--out", "j.jsonl"),
+        "{in}/nan_field.jsonl:1: invalid JSON (NaN is not valid JSON)",
+    ),
+    Case(
+        "monitor-bare-nan-in-an-extra-field",
+        ("monitor", "{in}/nan_field.jsonl", *MONITOR[2:], "{in}/evil.safetensors", "--out", "m.jsonl"),
+        "{in}/nan_field.jsonl:1: invalid JSON (NaN is not valid JSON)",
+    ),
 ]
 
 
@@ -568,6 +639,7 @@ def check_outcome(outcome: Outcome) -> None:
     assert len(errors) == 1, outcome.stderr
     assert errors[0].startswith(f"persona-guard {case.argv[0]}"), errors[0]
     assert message in errors[0], (message, errors[0])
+    assert not case.alone or outcome.stderr.strip() == errors[0], outcome.stderr
     assert outcome.after == outcome.before, "files appeared or changed"
 
 
@@ -585,3 +657,30 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(outcomes, case):
     if case.absent and importlib.util.find_spec(case.absent) is not None:
         pytest.skip(f"{case.absent} is installed here")
     check_outcome(outcomes[case.name])
+
+
+def test_screen_resumes_only_with_the_same_flag_policy(tmp_path, tokenizer):
+    """A finished screen's ``--out`` with another flag policy (``--top-k 1`` after the default top 5%)
+    is refused, naming what differs, and changes nothing; the same flags again resume and rewrite the
+    same result byte for byte (docs/files.md: resume only with the same inputs)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    build_inputs(inputs, tokenizer)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "persona_guard.cli", *(a.replace("{in}", str(inputs)) for a in SCREEN),
+               "--vector", str(inputs / "evil.safetensors"), "--no-generate"]
+
+    def screen(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert screen().returncode == 0
+    finished = snapshot(tmp_path / "out")
+    refused = screen("--top-k", "1")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    [line] = [line for line in refused.stderr.splitlines() if "error:" in line]
+    assert line == ("persona-guard screen: error: out/shards holds shards of another screening run (flagging "
+                    "policy: 'top 5%' there, 'top-k 1' here); use another output dir or --force")
+    assert snapshot(tmp_path / "out") == finished
+    assert screen().returncode == 0 and snapshot(tmp_path / "out") == finished
+    assert screen("--top-k", "1", "--force").returncode == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["policy"] == "top-k 1"

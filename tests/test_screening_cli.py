@@ -204,7 +204,8 @@ def test_changed_settings_refuse_stale_shards(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--no-generate")) == 0
     assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--no-generate", "--layer", "1")) == 2
-    assert "holds shards of a different screening run" in capsys.readouterr().err
+    assert "holds shards of another screening run (vectors or their layers (--vector, --layer))" in \
+        capsys.readouterr().err
     assert main(screen_args(workspace, out, tmp_path / "cache.sqlite", "--no-generate", "--layer", "1",
                             "--overwrite")) == 0
     summary = json.loads((out / "summary.json").read_text())

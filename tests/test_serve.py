@@ -90,10 +90,11 @@ def start_server(args: list[str], env_extra: dict | None = None):
         text=True,
     )
     lines = []
+    process.output = lines  # type: ignore[attr-defined]  # the server's log, read until it exits
     for line in process.stdout:
         lines.append(line)
         if "persona-guard serve:" in line:
-            threading.Thread(target=process.stdout.read, daemon=True).start()
+            threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()
             return process, line.split(" on ")[1].split()[0]
     raise AssertionError(f"server exited with {process.wait()}: {''.join(lines)[-2000:]}")
 
@@ -515,6 +516,19 @@ def test_stop_strings_cut_the_answer(tokenizer):
     [cut] = engine.generate([RowSpec(prompt, 12, stop=(stop,))])
     assert cut.finish_reason == "stop" and stop not in cut.text and free.text.startswith(cut.text)
     assert len(cut.text) == free.text.find(stop)
+
+
+def test_top_p_keeps_the_smallest_set_holding_that_mass(tokenizer):
+    """Nucleus sampling as vLLM: a top_p so small only the most likely token is left answers greedily
+    for any seed; top_p 1 samples the full distribution (seeds then differ)."""
+    model = make_tiny_model("llama", len(tokenizer))
+    engine = Engine(LoadedModel(model, tokenizer, "tiny"))
+    prompt = tuple(tokenizer("Hello there", add_special_tokens=False)["input_ids"])
+    [greedy] = engine.generate([RowSpec(prompt, 8)])
+    nucleus = engine.generate([RowSpec(prompt, 8, temperature=1.5, seed=seed, top_p=1e-6) for seed in range(4)])
+    assert all(row.token_ids == greedy.token_ids for row in nucleus)
+    full = engine.generate([RowSpec(prompt, 8, temperature=1.5, seed=seed) for seed in range(4)])
+    assert len({tuple(row.token_ids) for row in full}) > 1
 
 
 def test_policy_file_errors_name_the_field(tmp_path):

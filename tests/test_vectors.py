@@ -1,10 +1,12 @@
 import json
+import logging
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.models import DEFAULT_MODEL, builtin_model_dir, same_model_id
 from persona_guard.vectors import (
     AGGREGATORS,
     PersonaVector,
@@ -69,6 +71,29 @@ def test_mismatched_model_fails_clearly(tiny_llama):
                        match="built for hidden size 32 and 3 layers, but model .* has hidden size 64"):
         vector.check_model(as_loaded(tiny_llama, None))
     make_vector(layers=3, d=64).check_model(as_loaded(tiny_llama, None))
+
+
+def test_vector_of_another_model_warns_once_naming_both(tiny_llama, smollm_dir, tmp_path, caplog):
+    """Where a vector meets a model (PersonaVector.check_model: steer, monitor, screen, eval, serve,
+    select-layer), another recorded model id is one warning line naming both; ids are compared
+    normalised (a hub id's case, a path written another way, the built-in name and its converted dir)
+    and ``unknown`` (an imported vector) never warns."""
+    directions = torch.randn(4, 64)
+    (tmp_path / "model").mkdir()
+    same = [("ORG/This-Model/", "org/this-model"), ("unknown", "org/this-model"),
+            (str(tmp_path / "model"), f"{tmp_path}/./model/"), (DEFAULT_MODEL, str(smollm_dir))]
+    with caplog.at_level(logging.WARNING, logger="persona_guard"):
+        for _ in range(2):  # once per vector and model
+            PersonaVector("warned", "org/other-model", directions).check_model(
+                as_loaded(tiny_llama, None, "org/this-model"))
+        for index, (recorded, loaded) in enumerate(same):
+            PersonaVector(f"quiet{index}", recorded, directions).check_model(as_loaded(tiny_llama, None, loaded))
+    warnings = [r.getMessage() for r in caplog.records if "extracted from model" in r.getMessage()]
+    assert warnings == ["persona-guard: warning: the 'warned' vector was extracted from model 'org/other-model', "
+                        "but the model loaded is 'org/this-model' (fine for a converted or renamed copy; "
+                        "another model's directions mean nothing)"]
+    assert same_model_id(DEFAULT_MODEL, str(builtin_model_dir(DEFAULT_MODEL)))
+    assert not same_model_id("org/a", "org/b")
 
 
 def test_projection_and_layers():

@@ -131,11 +131,16 @@ def init_wandb(recipe: Recipe, output_dir: str, steering_layers: list[int] | Non
         run.log_artifact(artifact)
 
 
-def linear_names(model) -> set[str]:
-    """The last name component of every ``nn.Linear`` in ``model`` (what LoRA ``target_modules`` match)."""
+def module_names(model) -> dict[str, bool]:
+    """The last name component of every module of ``model`` (what LoRA ``target_modules`` match) ->
+    whether one of that name is an ``nn.Linear``; one walk over ``named_modules()``."""
     import torch
 
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    names: dict[str, bool] = {}
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        names[last] = names.get(last, False) or isinstance(module, torch.nn.Linear)
+    return names
 
 
 def build_training_run(recipe: Recipe) -> TrainingRun:
@@ -187,12 +192,13 @@ def build_training_run(recipe: Recipe) -> TrainingRun:
         settings = recipe.peft
         target = settings.target_modules if isinstance(settings.target_modules, str) else list(settings.target_modules)
         if isinstance(target, list):  # a regex string (or "all-linear") is PEFT's to match
-            names = {name.rsplit(".", 1)[-1] for name, _ in loaded.model.named_modules()}
+            names = module_names(loaded.model)
             missing = [module for module in target if module not in names]
             if missing:
+                linear = sorted(name for name, is_linear in names.items() if is_linear)
                 raise PersonaGuardError(f"peft.target_modules: {', '.join(missing)} not found in "
                                         f"{type(loaded.model).__name__} (its linear layers are named e.g. "
-                                        f"{', '.join(sorted(linear_names(loaded.model))[:8])})")
+                                        f"{', '.join(linear[:8])})")
         peft_config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, use_rslora=settings.use_rslora,
                                  lora_dropout=settings.lora_dropout, target_modules=target, task_type="CAUSAL_LM")
     if reports_to_wandb(args):

@@ -169,26 +169,52 @@ def response_perplexity(model, tokenizer, answers: Sequence[Sample], batch_size:
     return math.exp(total_nll / total_tokens)
 
 
+@dataclass(frozen=True)
+class ChoiceQuestion:
+    """One multiple-choice row: ``{"question": str, "choices": [2-8 strings], "answer": index}``
+    (``capability_mc.jsonl``'s form, docs/data.md)."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+def read_multiple_choice(path: str | Path) -> list[ChoiceQuestion]:
+    """Every question of a multiple-choice JSONL, checked when read (before any model work): a row of
+    another shape is one ``file: row N: field ...`` error naming the field; an empty file is refused."""
+    questions = []
+    for index, row in enumerate(read_jsonl(path), 1):
+        question, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
+        if not isinstance(question, str) or not question.strip():
+            problem = "field 'question' must be non-empty text"
+        elif not isinstance(choices, list) or not 2 <= len(choices) <= len(CHOICE_LETTERS) or \
+                not all(isinstance(c, str) for c in choices):
+            problem = f"field 'choices' must be a list of 2-{len(CHOICE_LETTERS)} strings"
+        elif not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+            problem = f"field 'answer' must be the index of the right choice (0-{len(choices) - 1})"
+        else:
+            questions.append(ChoiceQuestion(question, tuple(choices), answer))
+            continue
+        raise PersonaGuardError(f"{path}: row {index}: {problem}, got {row!r}"[:300])
+    if not questions:
+        raise PersonaGuardError(f"{path}: no multiple-choice questions (the file is empty)")
+    return questions
+
+
 @torch.no_grad()
-def multiple_choice_accuracy(model, tokenizer, rows: list[dict], where: str) -> float:
+def multiple_choice_accuracy(model, tokenizer, questions: Sequence[ChoiceQuestion]) -> float:
     """Share of questions where the answer letter gets the highest next-token logit."""
     correct = 0
     device = next(model.parameters()).device
-    for index, row in enumerate(rows, 1):
-        choices, answer = row.get("choices"), row.get("answer")
-        if not isinstance(row.get("question"), str) or not isinstance(choices, list) or \
-                not 2 <= len(choices) <= len(CHOICE_LETTERS) or not isinstance(answer, int) or \
-                not 0 <= answer < len(choices):
-            raise PersonaGuardError(
-                f"{where}: row {index}: needs question (str), choices (2-8 strings), answer (index)")
-        letters = CHOICE_LETTERS[:len(choices)]
-        listing = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, choices))
-        prompt = [{"role": "user", "content": f"{row['question']}\n{listing}\nAnswer with the letter only."}]
+    for item in questions:
+        letters = CHOICE_LETTERS[:len(item.choices)]
+        listing = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, item.choices))
+        prompt = [{"role": "user", "content": f"{item.question}\n{listing}\nAnswer with the letter only."}]
         ids = torch.tensor([encode_chat(tokenizer, prompt).input_ids], device=device)
         logits = model(input_ids=ids).logits[0, -1]
         letter_ids = [tokenizer(letter, add_special_tokens=False)["input_ids"][0] for letter in letters]
-        correct += int(int(torch.stack([logits[i] for i in letter_ids]).argmax()) == answer)
-    return correct / len(rows)
+        correct += int(int(torch.stack([logits[i] for i in letter_ids]).argmax()) == item.answer)
+    return correct / len(questions)
 
 
 def lm_eval_task(spec: str) -> str | dict:
@@ -222,12 +248,23 @@ def lm_eval_scores(model, tokenizer, tasks: Sequence[str], limit: int | None, ba
             if "," in metric and "stderr" not in metric and isinstance(value, (int, float))}
 
 
+def check_arms(arms: Sequence[Arm], vector: PersonaVector | None) -> None:
+    """Refuse arm names used twice and inference steering without a vector (before any work)."""
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise PersonaGuardError(f"arm names must be unique, got {names}")
+    for arm in arms:
+        if arm.steer_coef and vector is None:
+            raise PersonaGuardError(f"arm {arm.name}: steering at inference (coef {arm.steer_coef:g}) needs a "
+                                    "vector (--vector)")
+
+
 def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings: EvalSettings,
-                 benign: Sequence[Sample] = ()) -> ArmResult:
+                 benign: Sequence[Sample] = (), mc: Sequence[ChoiceQuestion] = ()) -> ArmResult:
     """``vector=None``: no projection (and no inference steering); ``benign``: the reference answers
-    for perplexity (none: skipped), see :func:`benign_samples`."""
-    if arm.steer_coef and vector is None:
-        raise PersonaGuardError(f"arm {arm.name}: steering at inference needs a vector")
+    for perplexity (none: skipped), see :func:`benign_samples`; ``mc``: multiple-choice questions
+    (none: skipped), see :func:`read_multiple_choice`."""
+    check_arms([arm], vector)
     loaded = load_arm(arm, settings)
     model, tokenizer = loaded.model, loaded.tokenizer
     layer = None
@@ -251,9 +288,8 @@ def evaluate_arm(arm: Arm, trait: Trait, vector: PersonaVector | None, settings:
     with steering_for(loaded, vector, layer, arm.steer_coef):
         if benign:
             result.perplexity = response_perplexity(model, tokenizer, benign, settings.batch_size)
-        if settings.mc_path:
-            result.mc_accuracy = multiple_choice_accuracy(model, tokenizer, read_jsonl(settings.mc_path),
-                                                          settings.mc_path)
+        if mc:
+            result.mc_accuracy = multiple_choice_accuracy(model, tokenizer, mc)
         if settings.lm_eval_tasks:
             result.lm_eval = lm_eval_scores(model, tokenizer, settings.lm_eval_tasks, settings.lm_eval_limit,
                                             settings.batch_size)
@@ -312,16 +348,16 @@ def plot_results(results: Sequence[ArmResult], path: Path, title: str) -> Path:
 
 def compare(arms: Sequence[Arm], trait: Trait, vector: PersonaVector | None, settings: EvalSettings,
             out_dir: str | Path) -> list[ArmResult]:
-    """Evaluate every arm; write ``results.json``, ``results.md`` and ``comparison.png`` to ``out_dir``."""
-    names = [arm.name for arm in arms]
-    if len(set(names)) != len(names):
-        raise PersonaGuardError(f"arm names must be unique, got {names}")
+    """Evaluate every arm; write ``results.json``, ``results.md``, ``comparison.png`` and
+    ``dropped_rows.jsonl`` (benign rows not used) to ``out_dir``. The arms and the benign and
+    multiple-choice files are checked first: a refusal writes nothing."""
+    check_arms(arms, vector)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     benign, dropped = benign_samples(settings.benign_path, settings.max_benign) if settings.benign_path else ([], [])
-    report_dropped(out_dir / "dropped_rows.jsonl", dropped, command="eval", total=len(benign) + len(dropped))
-    results = [evaluate_arm(arm, trait, vector, settings, benign)
+    mc = read_multiple_choice(settings.mc_path) if settings.mc_path else []
+    results = [evaluate_arm(arm, trait, vector, settings, benign, mc)
                for arm in tqdm(arms, desc="arms", disable=len(arms) < 2)]
+    report_dropped(out_dir / "dropped_rows.jsonl", dropped, command="eval", total=len(benign) + len(dropped))
     write_json_atomic(out_dir / "results.json",
                       {"trait": trait.name, "settings": asdict(settings), "arms": [asdict(r) for r in results]})
     write_text_atomic(out_dir / "results.md", results_table(results) + "\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from persona_guard.commands.common import add_force_argument, preflight
 from persona_guard.demo import DemoConfig, run_demo
-from persona_guard.files import refuse_overwrite
+from persona_guard.files import output_folder, refuse_overwrite
 from persona_guard.judges import JudgeEndpoint
 from persona_guard.schema import add_arguments, values_from_args
 
@@ -22,7 +22,8 @@ def run(args) -> int:
     # Every stage's needs, before the first one starts (evaluation uses the offline judge).
     preflight(model=config.model, judge=("offline", JudgeEndpoint()), outputs=[Path(config.out_dir)],
               packages=[("peft", "demo fine-tuning"), ("trl", "demo fine-tuning"), ("matplotlib", "demo plots")])
-    run_demo(config, quick=args.quick)
+    with output_folder(config.out_dir):  # a failure before the first result leaves no folder
+        run_demo(config, quick=args.quick)
     return 0
 
 

@@ -45,11 +45,10 @@ def capability_path(option: str | None, bundled_name: str, what: str) -> str | N
 
 def run(args) -> int:
     from persona_guard.errors import PersonaGuardError
-    from persona_guard.files import refuse_overwrite
-    from persona_guard.layer_selection import check_same_trait
-    from persona_guard.training.evaluation import Arm, compare, results_table
+    from persona_guard.files import output_folder, refuse_overwrite
+    from persona_guard.training.evaluation import Arm, check_arms, compare, results_table
     from persona_guard.traits import load_trait
-    from persona_guard.vectors import PersonaVector
+    from persona_guard.vectors import PersonaVector, check_same_trait
 
     if args.arm and (args.adapter or args.steer_coef):
         raise PersonaGuardError("use either --arm (compare mode) or --model/--adapter/--steer-coef, not both")
@@ -59,6 +58,7 @@ def run(args) -> int:
     refuse_overwrite([out / "results.json", out / "results.md", out / "comparison.png"], args.force)
     trait = load_trait(args.trait)
     vector = PersonaVector.load(args.vector) if args.vector else None
+    check_arms(arms, vector)  # steering without a vector, or an arm name twice: before anything else
     if vector is not None:
         check_same_trait(vector, trait)  # its projection beside another trait's judge score means nothing
         vector.resolve_layer(args.layer)  # a layer the vector lacks fails before any model loads
@@ -76,7 +76,8 @@ def run(args) -> int:
         benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),
         mc_path=capability_path(args.mc, BUNDLED_MC, "multiple-choice"),
         device=args.device, dtype=args.dtype, layers_path=args.layers_path, lm_eval_tasks=tuple(args.lm_eval_task))
-    results = compare(arms, trait, vector, settings, args.out)
+    with output_folder(out):  # a failed run leaves no folder behind
+        results = compare(arms, trait, vector, settings, out)
     print(results_table(results))
     print(f"persona-guard eval: wrote {args.out}/results.json, results.md, comparison.png")
     return 0

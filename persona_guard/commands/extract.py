@@ -13,7 +13,7 @@ from persona_guard.commands.common import (
     preflight,
 )
 from persona_guard.extraction import ExtractionConfig, exemplar_pairs, extract_vector
-from persona_guard.files import refuse_overwrite
+from persona_guard.files import output_folder, refuse_overwrite
 from persona_guard.models import load_model
 from persona_guard.schema import add_arguments, from_args
 from persona_guard.traits import load_trait
@@ -34,9 +34,10 @@ def run(args) -> int:
     refuse_overwrite([out / f"{trait.name}.safetensors"], args.force)
     preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.source == "generate" else None,
               outputs=[out])
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
-    judge = judge_from_args(args) if args.source == "generate" else None
-    result = extract_vector(loaded, trait, out, judge=judge, config=config)
+    with output_folder(out):  # a failure before any answer is cached leaves no folder
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
+        judge = judge_from_args(args) if args.source == "generate" else None
+        result = extract_vector(loaded, trait, out, judge=judge, config=config)
     pairs = result.report["pairs"]
     print(f"{trait.name}: kept {pairs['kept']} of {pairs['total']} pairs"
           + (f" (dropped: {pairs['drop_reasons']})" if pairs["dropped"] else ""))

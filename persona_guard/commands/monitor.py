@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from argparse import ArgumentTypeError
 from dataclasses import replace
 from pathlib import Path
@@ -79,6 +81,13 @@ def run(args) -> int:
     return 0
 
 
+def minimum_conversations(percentile: float) -> int:
+    """The fewest benign conversations for which at least one reading is expected above the
+    ``percentile``-th percentile: ``ceil(100 / (100 - percentile))`` (100 for the 99th); the 100th
+    percentile is the largest reading whatever the count (1)."""
+    return 1 if percentile >= 100 else math.ceil(100 / (100 - percentile) - 1e-9)
+
+
 def calibrate(args) -> int:
     """Readings over a benign set -> per-trait thresholds at ``--percentile`` and mean/std for z-scores,
     merged into the policy file (other traits and settings in it are kept)."""
@@ -96,6 +105,11 @@ def calibrate(args) -> int:
     conversations = [sample.conversation for row in strict_rows(read_rows(source), need="prompt")
                      for sample in row.samples]
     vectors = [PersonaVector.load(path) for path in args.vector]
+    needed = minimum_conversations(args.percentile)
+    if len(conversations) < needed:
+        print(f"persona-guard monitor calibrate: warning: {len(conversations)} conversations are too few for a "
+              f"{args.percentile:g}th-percentile threshold (no benign reading is expected above it, so it is "
+              f"little more than the largest one); use at least {needed}", file=sys.stderr)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, layers_path=args.layers_path)
     layers = {v.trait: args.layer for v in vectors} if args.layer is not None else None
     monitor = PersonaMonitor(loaded, vectors, layers=layers, batch_size=args.batch_size)

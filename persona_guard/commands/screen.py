@@ -13,7 +13,7 @@ from persona_guard.commands.common import (
     preflight,
 )
 from persona_guard.errors import PersonaGuardError
-from persona_guard.files import refuse_overwrite
+from persona_guard.files import output_folder, refuse_overwrite
 from persona_guard.schema import add_arguments, from_args, values_from_args
 from persona_guard.screening.base_answers import AnswerCache, BaseAnswerSettings
 from persona_guard.screening.policy import FlagPolicy
@@ -62,19 +62,10 @@ def _trait_descriptions(traits: list[str]) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from persona_guard.models import load_model
     from persona_guard.rows import read_rows
     from persona_guard.screening.data import classify_rows
-    from persona_guard.screening.report import (
-        OutputFiles,
-        baseline_scores,
-        compare_methods,
-        labels_of,
-        log_to_wandb,
-        refuse_unscreenable,
-        write_outputs,
-    )
-    from persona_guard.screening.scorer import Screener, current_processes
+    from persona_guard.screening.report import OutputFiles, labels_of, refuse_unscreenable
+    from persona_guard.screening.scorer import current_processes
     from persona_guard.vectors import PersonaVector
 
     if args.percentile is not None and args.reference is None:
@@ -89,28 +80,47 @@ def run(args) -> int:
     vectors = [PersonaVector.load(path) for path in args.vector]
     resumable = (shards / "manifest.json").exists()
     refuse_overwrite(OutputFiles.under(out, [v.trait for v in vectors]).paths, args.force or resumable)
-    packages = [("vllm", "--backend vllm")] if args.backend == "vllm" else []
-    packages += [("wandb", "--wandb-project")] if args.wandb_project else []
-    preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.judge else None,
-              outputs=[out], files=[args.export_prompts] if args.export_prompts else [], packages=packages)
     config = from_args(
-        ScreeningConfig, args, SCREENING_FLAGS,
+        ScreeningConfig, args, SCREENING_FLAGS, nested={f"policy.{k}": flag for k, flag in POLICY_FLAGS.items()},
         mode="fast" if args.no_generate else "exact",
         layers=_layer_overrides(args.layer, [v.trait for v in vectors]),
         base_answers=from_args(BaseAnswerSettings, args, BASE_ANSWER_FLAGS),
         policy=policy, checkpoint_dir=str(shards),
         base_answers_file=args.base_answers, judge=args.judge, judge_endpoint=judge_endpoint(args),
         progress=processes.is_main)
+    packages = [("vllm", "--backend vllm")] if args.backend == "vllm" else []
+    packages += [("wandb", "--wandb-project")] if args.wandb_project else []
+    preflight(model=args.model, judge=(args.judge, judge_endpoint(args)) if args.judge else None,
+              outputs=[out], files=[args.export_prompts] if args.export_prompts else [], packages=packages)
     raw_rows = read_rows(args.data, args.split)  # fail on bad paths before loading the model
     reference_rows = read_rows(args.reference) if args.reference else None
     usable, dropped = classify_rows(raw_rows)
     if not usable:
         refuse_unscreenable(dropped, out, source=str(args.data))
+    if args.label_field:
+        labels_of(usable, args.label_field)  # a row without the label fails now, not after the model ran
     if config.mode == "exact" and not args.base_answers and not args.export_prompts:
         AnswerCache(config.answer_cache_path)  # a damaged cache fails now, not after loading the model
     if args.force and processes.is_main and shards.exists():
         shutil.rmtree(shards)
     processes.barrier()
+    with output_folder(out, owner=processes.is_main):  # a failure before any result leaves no folder
+        return _screen(args, config, vectors, raw_rows, reference_rows, processes)
+
+
+def _screen(args, config: ScreeningConfig, vectors, raw_rows, reference_rows, processes) -> int:
+    from persona_guard.models import load_model
+    from persona_guard.screening.report import (
+        baseline_scores,
+        compare_methods,
+        labels_of,
+        log_to_wandb,
+        refuse_unscreenable,
+        write_outputs,
+    )
+    from persona_guard.screening.scorer import Screener
+
+    out = Path(args.out)
     device = processes.state.device if processes.state is not None else args.device
     loaded = load_model(args.model, device=device, dtype=args.dtype, layers_path=args.layers_path)
     screener = Screener(loaded, vectors, config)
@@ -127,7 +137,7 @@ def run(args) -> int:
         refuse_unscreenable(result.skipped, out, source=str(args.data))
     comparisons = None
     if args.baselines or args.label_field:
-        labels = labels_of(result, args.label_field) if args.label_field else None
+        labels = labels_of(result.rows, args.label_field) if args.label_field else None
         descriptions = _trait_descriptions(list(result.traits)) if args.baselines else {}
         comparisons = {trait: compare_methods(methods, int(result.traits[trait].flagged.sum()), labels)
                        for trait, methods in baseline_scores(result, descriptions).items()}

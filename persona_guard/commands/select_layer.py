@@ -12,18 +12,12 @@ from persona_guard.commands.common import (
     judge_from_args,
     preflight,
 )
-from persona_guard.files import refuse_overwrite
-from persona_guard.layer_selection import (
-    LayerSelectionConfig,
-    check_same_trait,
-    select_layer,
-    selection_stem,
-    store_choice,
-)
+from persona_guard.files import output_folder, refuse_overwrite
+from persona_guard.layer_selection import LayerSelectionConfig, select_layer, selection_stem, store_choice
 from persona_guard.models import load_model
 from persona_guard.schema import add_arguments, from_args
 from persona_guard.traits import load_trait
-from persona_guard.vectors import PersonaVector
+from persona_guard.vectors import PersonaVector, check_same_trait
 
 #: library field -> command-line flag
 SELECTION_FLAGS = {name: "--" + name.replace("_", "-") for name in (
@@ -39,9 +33,10 @@ def run(args) -> int:
     stem = selection_stem(out, vector.trait)
     refuse_overwrite([stem.with_suffix(suffix) for suffix in (".csv", ".md", ".png")], args.force)
     preflight(model=args.model or vector.model_id, judge=(args.judge, judge_endpoint(args)), outputs=[out])
-    loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype,
-                        layers_path=args.layers_path)
-    selection = select_layer(loaded, vector, trait, judge_from_args(args), out, config)
+    with output_folder(out):  # a failed selection leaves no folder behind
+        loaded = load_model(args.model or vector.model_id, device=args.device, dtype=args.dtype,
+                            layers_path=args.layers_path)
+        selection = select_layer(loaded, vector, trait, judge_from_args(args), out, config)
     print(selection.table_md.read_text(encoding="utf-8"))
     print(f"unsteered trait score: {selection.baseline_trait}")
     print(f"chosen layer {selection.chosen_layer}: {selection.rule}")

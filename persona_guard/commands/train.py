@@ -23,7 +23,7 @@ import yaml
 
 from persona_guard.commands.common import OVERWRITE_HELP, preflight
 from persona_guard.errors import PersonaGuardError
-from persona_guard.files import atomic_path, refuse_overwrite, write_json_atomic, write_text_atomic
+from persona_guard.files import atomic_path, output_folder, refuse_overwrite, write_json_atomic, write_text_atomic
 
 RUN_INPUTS = "run_inputs.json"
 
@@ -86,9 +86,8 @@ def run(args) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
     if checkpoint is None and force and main_process and output_dir.exists():
         shutil.rmtree(output_dir)
-    existed = output_dir.exists()
-    was_empty = not existed or not any(output_dir.iterdir())
-    try:
+    # a failure with nothing to resume from leaves output_dir as it was found (absent or empty)
+    with output_folder(output_dir, resumable=lambda folder: any(folder.glob("checkpoint-*")), owner=main_process):
         training_run = build_training_run(recipe)
         if main_process:
             write_json_atomic(output_dir / RUN_INPUTS, inputs)
@@ -96,13 +95,6 @@ def run(args) -> int:
         if checkpoint is not None:
             print(f"persona-guard train: resuming from {checkpoint}", flush=True)
         train_with_cleanup(trainer, resume_from_checkpoint=checkpoint)
-    except BaseException:
-        # Nothing to resume from: leave output_dir as it was found (absent or empty).
-        if was_empty and main_process and output_dir.exists() and not any(output_dir.glob("checkpoint-*")):
-            shutil.rmtree(output_dir)
-            if existed:
-                output_dir.mkdir()
-        raise
     report = write_rank_report(training_run)
     if training_run.steering is not None:
         print(f"persona-guard train: {report.stem}: steered {training_run.steering.steered_calls} block forwards "

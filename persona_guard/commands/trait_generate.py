@@ -5,7 +5,7 @@ from __future__ import annotations
 from argparse import ArgumentTypeError
 from pathlib import Path
 
-from persona_guard.commands.common import add_force_argument, http_url, preflight
+from persona_guard.commands.common import add_force_argument, http_url, non_empty_text, preflight
 from persona_guard.files import refuse_overwrite
 from persona_guard.llm_client import client_from_options
 from persona_guard.schema import bounds, flag_type
@@ -47,7 +47,8 @@ def add_generate_action(actions) -> None:
     """Register ``generate`` under ``persona-guard traits``."""
     parser = actions.add_parser("generate", help="write a new trait file with a generator LLM")
     parser.add_argument("--name", type=trait_name, required=True, help="trait name (lowercase, e.g. 'sarcastic')")
-    parser.add_argument("--description", required=True, help="what the trait is, in a sentence or two")
+    parser.add_argument("--description", type=non_empty_text, required=True,
+                        help="what the trait is, in a sentence or two")
     parser.add_argument("--out", default=None, help="output path (default: traits/<name>.json)")
     add_force_argument(parser)
     add_generator_arguments(parser)

@@ -9,7 +9,7 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.files import refuse_overwrite
 from persona_guard.schema import bounds, flag_type
 from persona_guard.steering import COEF_BOUNDS
-from persona_guard.vectors import PersonaVector
+from persona_guard.vectors import UNKNOWN_MODEL, PersonaVector
 
 LAYER = flag_type("layer", int, bounds(ge=0))
 
@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     imp.add_argument("path")
     imp.add_argument("--out", required=True, help="output .safetensors path")
     imp.add_argument("--trait", default=None)
-    imp.add_argument("--model-id", default="unknown")
+    imp.add_argument("--model-id", default=UNKNOWN_MODEL,
+                     help="the model the vector was extracted from (default: unknown, never compared)")
     imp.add_argument("--layer", type=LAYER, default=None, help="default layer to record")
     add_force_argument(imp)
     imp.set_defaults(func=run_import)

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
@@ -183,6 +184,7 @@ class LocalBackend:
                 None if params.seed is None else params.seed + choice,
                 params.stop,
                 want,
+                params.top_p,
             )
             for choice in range(params.n)
         ]
@@ -347,6 +349,10 @@ def _choice(index: int, outcome: ChoiceOutcome, params: ChatParams) -> dict:
     return choice
 
 
+#: status recorded for a request whose client disconnected before sending its body (nginx's code)
+CLIENT_CLOSED_REQUEST = 499
+
+
 def create_app(service: MonitorService) -> FastAPI:
     config = service.config
     metrics = service.metrics
@@ -392,6 +398,12 @@ def create_app(service: MonitorService) -> FastAPI:
     @app.exception_handler(PersonaGuardError)
     async def usage_error(request: Request, error: PersonaGuardError):  # e.g. a model without a chat template
         return JSONResponse(error_body(str(error)), 400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect):
+        # the client left before its body arrived (e.g. a Content-Length longer than what it sent):
+        # nobody reads an answer, so none is logged; counted as nginx's 499 "client closed request"
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, error: Exception):

@@ -28,7 +28,7 @@ import torch
 from persona_guard.activations import StopForward, capture_hooks, position_ids_from_mask
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, _merge_top
-from persona_guard.models import LoadedModel, model_device
+from persona_guard.models import LoadedModel, eos_token_ids, model_device
 from persona_guard.projection import Projector
 
 
@@ -42,6 +42,7 @@ class RowSpec:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this probability mass
 
 
 @dataclass
@@ -138,16 +139,6 @@ class _Row:
         return chunk
 
 
-def stop_token_ids(loaded: LoadedModel) -> frozenset[int]:
-    """Token ids that end an answer: the generation config's ``eos_token_id`` (int or list) and the
-    tokenizer's end-of-sequence token. An answer's readings never include its stop token."""
-    config_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
-    if loaded.tokenizer.eos_token_id is not None:
-        eos.add(loaded.tokenizer.eos_token_id)
-    return frozenset(eos)
-
-
 class Engine:
     """Generate batches of rows with ``loaded`` and read ``projector``'s vectors at their layers from
     the same forwards (``None``: no readings). Thread-compatible, not thread-safe: one caller at a
@@ -160,7 +151,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.projector = projector
         self.device = model_device(self.model)
-        self.stop_ids = stop_token_ids(loaded)
+        self.stop_ids = frozenset(eos_token_ids(loaded.model, loaded.tokenizer))
 
     @property
     def traits(self) -> dict[str, int]:
@@ -270,4 +261,8 @@ class Engine:
         if row.spec.temperature <= 0:
             return int(logits.argmax())
         probs = (logits.float() / row.spec.temperature).softmax(-1).cpu()
+        if row.spec.top_p < 1:  # keep the most likely tokens until their mass reaches top_p (the first always)
+            ordered, order = probs.sort(descending=True)
+            keep = ordered.cumsum(-1) - ordered < row.spec.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
         return int(torch.multinomial(probs, 1, generator=row.generator))

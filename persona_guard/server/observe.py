@@ -68,14 +68,15 @@ class AuditLog:
     """Append one JSON line per alert event; each line is one ``write`` under a lock."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # its folder appears with the first event, not when a server starts
         self._lock = threading.Lock()
 
     def write(self, event: dict) -> None:
         line = json.dumps(event, ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
 
 
 class Webhook:

@@ -8,8 +8,6 @@ OpenAI's body ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import time
 import uuid
@@ -17,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from persona_guard.rows import RowError, parse_messages
+from persona_guard.io import loads_strict
+from persona_guard.rows import RowError, check_prompt, parse_messages
 
 MAX_TOP_LOGPROBS = 20
 MAX_N = 16
@@ -54,17 +53,8 @@ def parse_json_body(data: bytes, content_type: str | None = None):
     if steps.size and int(np.cumsum(steps).max()) > MAX_JSON_DEPTH:
         raise RequestError(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
 
-    def finite(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(f"number {text[:20]} is out of range")
-        return value
-
-    def constant(name: str):
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        return json.loads(data.decode("utf-8") or "null", parse_float=finite, parse_constant=constant)
+        return loads_strict(data.decode("utf-8") or "null")
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RequestError(f"the request body is not valid JSON ({error})".splitlines()[0][:200]) from None
 
@@ -82,6 +72,7 @@ class ChatParams:
     messages: tuple[dict, ...]
     max_tokens: int
     temperature: float
+    top_p: float  # nucleus mass in (0, 1], as vLLM's SamplingParams (1: no filter)
     seed: int | None
     n: int
     stop: tuple[str, ...]
@@ -109,6 +100,14 @@ def _number(body: dict, key: str, default, kind, low, high):
     return kind(value)
 
 
+def _top_p(body: dict) -> float:
+    """``top_p`` in (0, 1] as vLLM requires (OpenAI's range is 0-1, but 0 keeps no token)."""
+    value = _number(body, "top_p", 1.0, float, 0.0, 1.0)
+    if value <= 0:
+        raise RequestError(f"'top_p' must be in (0, 1], got {value}", "top_p")
+    return value
+
+
 def _flag(body: dict, key: str) -> bool:
     value = body.get(key, False)
     if value is None:
@@ -125,7 +124,7 @@ def parse_request(body, *, model_name: str, max_tokens_cap: int, allow_unmonitor
     if body.get("model") not in (None, model_name):
         raise RequestError(f"unknown model {body.get('model')!r}; this server serves {model_name!r}", "model")
     try:  # the one row model (persona_guard.rows): typed text parts, tool calls and tool turns, bad text
-        messages = parse_messages(body.get("messages"), "messages")
+        messages = check_prompt(parse_messages(body.get("messages"), "messages"), "messages")
     except RowError as error:
         raise RequestError(str(error), error.field) from None
     logprobs = _flag(body, "logprobs")
@@ -155,6 +154,7 @@ def parse_request(body, *, model_name: str, max_tokens_cap: int, allow_unmonitor
         messages=tuple(dict(m) for m in messages),
         max_tokens=_number(body, "max_tokens", default_max, int, 1, max_tokens_cap),
         temperature=_number(body, "temperature", 1.0, float, 0.0, 2.0),
+        top_p=_top_p(body),
         seed=_number(body, "seed", None, int, -(2**63), 2**63 - 1),
         n=_number(body, "n", 1, int, 1, MAX_N),
         stop=tuple(stop),

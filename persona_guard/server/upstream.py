@@ -24,10 +24,9 @@ from persona_guard.activations import capture_activations
 from persona_guard.encoding import EncodedSample
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, render_messages
-from persona_guard.models import LoadedModel
+from persona_guard.models import LoadedModel, eos_token_ids
 from persona_guard.projection import Projector
 from persona_guard.server.app import ChoiceOutcome, MonitorService, ServerConfig, blocked_outcome, forecast_actions
-from persona_guard.server.engine import stop_token_ids
 from persona_guard.server.observe import Metrics
 from persona_guard.server.policy import Policy
 from persona_guard.server.protocol import ChatParams, RequestError
@@ -69,7 +68,7 @@ class UpstreamBackend:
         self.policy = policy
         self.upstream_model = upstream_model
         self.token_ids = token_ids
-        self.stop_ids = stop_token_ids(loaded)
+        self.stop_ids = frozenset(eos_token_ids(loaded.model, loaded.tokenizer))
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=url.rstrip("/") + "/", timeout=timeout, headers=headers)
         self._lock = threading.Lock()  # one local forward at a time
@@ -123,6 +122,7 @@ class UpstreamBackend:
             "messages": list(params.messages),
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
+            "top_p": params.top_p,
             "n": params.n,
             "stream": params.stream,
         }
