@@ -16,6 +16,8 @@ Answers made by another engine (a vLLM job on GPUs, say) come in through a JSONL
     {"key": "<sha256>", "prompt": "<chat-template text>", "model": "<model id>@<checksum>",
      "settings": {"n": 1, "max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "seed": 0}}
 
+(``settings`` holds ``"dtype"`` too when answers are generated in a dtype other than the model's)
+
 and :meth:`BaseAnswers.import_answers` reads the same lines with ``"answers": [n strings]`` added,
 checking model, settings and key against this run and that every prompt has its answers.
 """
