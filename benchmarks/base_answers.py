@@ -10,9 +10,10 @@ Prints, for the embedded model (or ``--model``) and real prompts (the unique use
   Python overhead (wall time outside aten ops, from torch.profiler);
 * tokens/s of the new path by rows per batch and by prompt length (shorter / longer half);
 * side by side on ``--prompts`` x ``--max-new-tokens``: today's path (``generate_responses``,
-  batch 16), ``generate`` at batch 64 with a dynamic and with a static KV cache, and the new path
-  (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache), with
-  how many answers equal today's.
+  batch 16), ``generate`` at batch 64 with a dynamic and with a static KV cache, the new path
+  (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache), and the
+  new path generating in bfloat16 (``--generation-dtype bfloat16``; its own ceiling is printed, from
+  a bf16 large matmul), with how many answers equal today's.
 
 Tokens/s counts generated tokens up to and including EOS (as a serving engine reports them).
 
@@ -22,9 +23,11 @@ Tokens/s counts generated tokens up to and including EOS (as a serving engine re
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 from compute_ceiling import large_matmul_gflops, matmul_work_per_token
@@ -50,13 +53,14 @@ def unique_prompts(path: str, count: int) -> list[list[dict]]:
     return prompts
 
 
-def decode_ceiling(model, context: float) -> tuple[float, float, float]:
-    """(GFLOP per generated token, large-matmul GFLOP/s, tokens/s if every FLOP ran at that rate)."""
+def decode_ceiling(model, context: float, dtype: torch.dtype) -> tuple[float, float, float]:
+    """(GFLOP per generated token, large-matmul GFLOP/s in ``dtype``, tokens/s if every FLOP ran at
+    that rate)."""
     layers = model.config.num_hidden_layers
     _, weights = matmul_work_per_token(model, layers)
     attention = 2 * layers * model.config.hidden_size * context  # q.k and p.v over the context
     gflop = 2 * (weights + attention) / 1e9
-    rate = large_matmul_gflops(next(model.parameters()).dtype)
+    rate = large_matmul_gflops(dtype)
     return gflop, rate, rate / gflop
 
 
@@ -140,9 +144,12 @@ def main() -> None:
     print(f"{loaded.model_id}, {len(prompts)} unique prompts of {args.data} ({lengths[0]}-{lengths[-1]} tokens, "
           f"median {statistics.median(lengths):.0f}), fp32, {torch.get_num_threads()} threads")
 
-    gflop, rate, ceiling = decode_ceiling(model, statistics.mean(lengths) + args.max_new_tokens / 2)
+    context = statistics.mean(lengths) + args.max_new_tokens / 2
+    gflop, rate, ceiling = decode_ceiling(model, context, torch.float32)
     print(f"decode ceiling: {gflop:.3f} GFLOP per generated token x one large matmul's {rate:.0f} GFLOP/s "
           f"= {ceiling:.0f} tokens/s")
+    _, bf16_rate, bf16_ceiling = decode_ceiling(model, context, torch.bfloat16)
+    print(f"decode ceiling in bfloat16: one large bf16 matmul's {bf16_rate:.0f} GFLOP/s = {bf16_ceiling:.0f} tokens/s")
 
     sample = list(range(min(16, len(prompts))))
     steps = args.profile_tokens
@@ -185,6 +192,10 @@ def main() -> None:
     settings = BaseAnswerSettings(max_new_tokens=n)
     backend = transformers_backend(model, tokenizer)
     tokens = sum(map(len, greedy_generate(model, prompt_ids, n, eos, pad, token_budget=kv_token_budget(model))))
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)  # bf16 answers may end at other lengths
+    bf16_tokens = sum(map(len, greedy_generate(bf16_model, prompt_ids, n, eos, pad,
+                                               token_budget=kv_token_budget(bf16_model))))
+    del bf16_model
 
     def generate_64(cache: str):
         for begin in range(0, len(prompt_ids), 64):
@@ -195,6 +206,7 @@ def main() -> None:
         "today: generate, batch 16": lambda: generate_responses(
             model, tokenizer, prompts, GenerationConfig(max_new_tokens=n, batch_size=16), progress=False),
         "new path": lambda: backend(prompts, settings, 0),
+        "new path, bfloat16 answers": lambda: backend(prompts, replace(settings, dtype="bfloat16"), 0),
         "generate, batch 64, dynamic KV cache": lambda: generate_64("dynamic"),
         "generate, batch 64, static KV cache": lambda: generate_64("static"),
     }
@@ -206,15 +218,22 @@ def main() -> None:
             best[name] = min(best[name], seconds)
     today_seconds, new_seconds = best["today: generate, batch 16"], best["new path"]
     for name, seconds in best.items():
-        print(f"  {name:38s} {seconds:7.1f}s {tokens / seconds:7.0f} tokens/s  {today_seconds / seconds:5.2f}x today"
-              f"  {tokens / seconds / ceiling:4.0%} of the ceiling")
-    new_answers, today_answers = outputs["new path"], outputs["today: generate, batch 16"]
-    same = sum(a == b for a, b in zip(new_answers, today_answers))
-    print(f"  {tokens} tokens generated ({tokens / len(prompts):.0f} per answer); new-path answers equal to "
-          f"today's: {same}/{len(prompts)}")
-    print(json.dumps({"ceiling_tokens_per_s": round(ceiling), "today_tokens_per_s": round(tokens / today_seconds),
+        count = bf16_tokens if "bfloat16" in name else tokens
+        of_bf16 = f" ({count / seconds / bf16_ceiling:.0%} of the bf16 ceiling)" if "bfloat16" in name else ""
+        print(f"  {name:38s} {seconds:7.1f}s {count / seconds:7.0f} tokens/s  {today_seconds / seconds:5.2f}x today"
+              f"  {count / seconds / ceiling:4.0%} of the ceiling{of_bf16}")
+    today_answers = outputs["today: generate, batch 16"]
+    same = {name: sum(a == b for a, b in zip(outputs[name], today_answers))
+            for name in ("new path", "new path, bfloat16 answers")}
+    print(f"  {tokens} tokens generated ({tokens / len(prompts):.0f} per answer); answers equal to today's: new path "
+          f"{same['new path']}/{len(prompts)}, bfloat16 {same['new path, bfloat16 answers']}/{len(prompts)} "
+          "(bf16 rounding changes greedy picks: a different answer, not a wrong one)")
+    print(json.dumps({"ceiling_tokens_per_s": round(ceiling), "bf16_ceiling_tokens_per_s": round(bf16_ceiling),
+                      "today_tokens_per_s": round(tokens / today_seconds),
                       "new_tokens_per_s": round(tokens / new_seconds),
-                      "speedup": round(today_seconds / new_seconds, 2)}))
+                      "new_bf16_tokens_per_s": round(bf16_tokens / best["new path, bfloat16 answers"]),
+                      "speedup": round(today_seconds / new_seconds, 2),
+                      "speedup_bf16": round(today_seconds / best["new path, bfloat16 answers"], 2)}))
 
 
 if __name__ == "__main__":

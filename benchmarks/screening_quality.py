@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--answer-cache", default=None)
+    parser.add_argument("--generation-dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="dtype base answers are generated in (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default="runs/screening_quality", help="extracted vectors go here")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -69,7 +71,8 @@ def main() -> None:
                   for probe in extra]
         config = ScreeningConfig(batch_size=args.batch_size, answer_cache=args.answer_cache,
                                  base_answers=BaseAnswerSettings(max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                                                 batch_size=args.batch_size))
+                                                                 batch_size=args.batch_size,
+                                                                 dtype=args.generation_dtype))
         screener = Screener(loaded, [vector, *probes], config)
         started = time.perf_counter()
         result = screener.score(data_path)

@@ -30,9 +30,11 @@ from transformers.cache_utils import DynamicLayer
 from persona_guard.activations import position_ids_from_mask
 from persona_guard.models import model_device
 
-#: KV positions per batch on CPU: 64 prompts of ~48 tokens with 128-token answers (on 2 idle cores
-#: SmolLM2 decodes 218 tokens/s at batch 64 against 127 at 16; larger batches are not measured yet)
-CPU_TOKEN_BUDGET = 64 * 176
+#: KV positions per batch on CPU: 64 prompts of up to 128 tokens with 128-token answers (on 2 idle
+#: cores SmolLM2 decodes 218 tokens/s at batch 64 against 127 at 16; larger batches are not measured
+#: yet). Keep it roomy: at 64 x 176, 64 real prompts of 39-49 tokens made a batch of 63 rows and one
+#: of a single row decoding all 128 steps alone
+CPU_TOKEN_BUDGET = 64 * 256
 #: share of free accelerator memory (of available RAM on CPU) the KV cache may take
 MEMORY_SHARE = 0.5
 

@@ -266,7 +266,8 @@ class Screener:
         if backend_name == "vllm":
             if not vllm_available():
                 raise PersonaGuardError("the vllm backend needs vLLM installed and a GPU")
-            return vllm_backend(resolve_model_path(self.model_id), self.tokenizer), "vllm"
+            return vllm_backend(resolve_model_path(self.model_id), self.tokenizer,
+                                self.config.base_answers.dtype), "vllm"
         return transformers_backend(self.model, self.tokenizer), "transformers"
 
     def export_prompts(self, dataset, path: str | Path, reference=None) -> int:

@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("answers", help="JSONL to write (one line per prompt of this shard)")
     parser.add_argument("--model", required=True, help="model dir or hub id vLLM loads")
     parser.add_argument("--shard", default="0/1", help="K/N: answer prompts K, K+N, K+2N, ... (default 0/1)")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default=None,
+                        help="vLLM's dtype (default: the exported settings' dtype when the screen run set "
+                             "--generation-dtype, else vLLM's auto)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                         help="share of GPU memory vLLM may take (on vLLM's CPU build: share of RAM for its KV cache)")
     args = parser.parse_args()
@@ -49,7 +51,10 @@ def main() -> None:
     settings = lines[0]["settings"]
     if any(line["settings"] != settings for line in lines):
         raise SystemExit(f"{args.prompts}: lines with different settings; export one screening run per file")
-    engine = LLM(model=args.model, dtype=args.dtype, seed=settings["seed"],
+    wanted = settings.get("dtype")
+    if wanted and args.dtype and args.dtype != wanted:
+        raise SystemExit(f"{args.prompts}: the screen run asked for answers in {wanted}, not --dtype {args.dtype}")
+    engine = LLM(model=args.model, dtype=args.dtype or wanted or "auto", seed=settings["seed"],
                  gpu_memory_utilization=args.gpu_memory_utilization)
     tokenizer = engine.get_tokenizer()
     params = SamplingParams(n=settings["n"], max_tokens=settings["max_new_tokens"], temperature=settings["temperature"],

@@ -73,6 +73,25 @@ def test_generation_rules_the_loop_cannot_reproduce_fall_back_to_generate(tiny_l
                                          progress=False)
 
 
+def test_generation_dtype_uses_a_cast_copy_and_is_part_of_the_key(tiny_model, tokenizer):
+    """``dtype``: answers equal those of the model cast to that dtype, the model itself untouched,
+    and a key of its own (the model's dtype, None, keeps the earlier keys)."""
+    import copy
+
+    import torch
+
+    model = no_special_answers(tiny_model, tokenizer)
+    settings = BaseAnswerSettings(max_new_tokens=8, dtype="bfloat16")
+    answers = transformers_backend(model, tokenizer)(PROMPTS, settings, 0)
+    assert next(model.parameters()).dtype == torch.float32
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+    assert answers == transformers_backend(cast, tokenizer)(PROMPTS, BaseAnswerSettings(max_new_tokens=8), 0)
+    assert "dtype" not in BaseAnswerSettings().key_fields()
+    keys = {BaseAnswers(None, tokenizer, "tiny@abc", s, AnswerCache(":memory:")).key(PROMPTS[0])
+            for s in (BaseAnswerSettings(max_new_tokens=8), settings)}
+    assert len(keys) == 2
+
+
 # ---- export / import ---------------------------------------------------------------------------
 
 def store(tokenizer, tmp_path) -> BaseAnswers:

@@ -21,7 +21,8 @@ from persona_guard.screening.scorer import ScreeningConfig
 
 #: library field -> command-line flag
 BASE_ANSWER_FLAGS = {"n": "--n-answers", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-                     "top_p": "--top-p", "seed": "--seed", "batch_size": "--generation-batch-size"}
+                     "top_p": "--top-p", "seed": "--seed", "batch_size": "--generation-batch-size",
+                     "dtype": "--generation-dtype"}
 POLICY_FLAGS = {"top_k": "--top-k", "top_percent": "--top-percent", "threshold": "--threshold",
                 "percentile": "--percentile"}
 CACHE_FLAGS = {"answer_cache": "--answer-cache", "backend": "--backend"}
