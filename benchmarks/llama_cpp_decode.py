@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from persona_guard.encoding import render_prompt
-from persona_guard.models import builtin_gguf_path, load_model
+from persona_guard.models import builtin_gguf_path, eos_token_ids, load_model
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import transformers_backend
-from persona_guard.screening.fast_generate import eos_token_ids
 
 
 def decode(llama_cpp, context, batch, entries: list[tuple[int, int, int, bool]]) -> None:
