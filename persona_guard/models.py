@@ -92,8 +92,13 @@ def ensure_builtin_converted(name: str) -> Path:
     if target.exists() and _conversion_problem(name, target) is None:
         return target
     gguf_path = builtin_gguf_path(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{name}.lock", "w") as lock:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(target.parent / f".{name}.lock", "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as error:
+        raise PersonaGuardError(f"cannot write the model cache {target.parent} (${CACHE_ENV} or "
+                                f"~/.cache/persona-guard): {error.strerror or error}") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             problem = _conversion_problem(name, target)

@@ -174,7 +174,10 @@ def trait_from_dict(data: dict, where: str = "<trait>") -> Trait:
 
 
 def _read_mapping(path: Path):
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:  # a device, /proc/self/mem, a permission
+        raise PersonaGuardError(f"{path}: cannot read ({error.strerror or error})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -271,11 +271,13 @@ class BaseAnswers:
         """Store answers made elsewhere (the export lines plus ``"answers": [n strings]``) in the cache.
 
         Every entry must name this model and these settings, and its key must be that of its
-        prompt; every prompt in ``prompts`` must have an entry. Returns the number of prompts
+        prompt; a key may repeat only with the same answers; every prompt in ``prompts`` must have an
+        entry. Returns the number of prompts
         answered. Raises ``PersonaGuardError`` naming the file, entry and field otherwise.
         """
         settings = self.settings.key_fields()
         imported: dict[str, list[str]] = {}
+        first_entry: dict[str, int] = {}
         for number, entry in enumerate(read_jsonl(path), 1):
             where = f"{path}: entry {number}"
             for name, kind in (("key", str), ("prompt", str), ("model", str), ("settings", dict), ("answers", list)):
@@ -293,7 +295,11 @@ class BaseAnswers:
             answers = entry["answers"]
             if len(answers) != self.settings.n or not all(isinstance(a, str) for a in answers):
                 raise PersonaGuardError(f"{where}: field 'answers' must hold {self.settings.n} string(s)")
+            if imported.get(entry["key"], answers) != answers:
+                raise PersonaGuardError(f"{where}: key {entry['key'][:12]}... repeats entry "
+                                        f"{first_entry[entry['key']]} with different answers")
             imported[entry["key"]] = answers
+            first_entry.setdefault(entry["key"], number)
         needed = {self.key(p): p for p in prompts}
         missing = [prompt for key, prompt in needed.items() if key not in imported]
         if missing:

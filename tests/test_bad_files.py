@@ -165,6 +165,19 @@ CASES = [
     FileCase("calibrate-policy-is-a-folder",
              ("monitor", "calibrate", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
               "--policy", "{in}/a_folder"), "{in}/a_folder is a folder; expected an output file path"),
+    FileCase("calibrate-one-conversation",
+             ("monitor", "calibrate", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
+              "--policy", "pol.yaml", "--set", "one.jsonl"), "evil prompt_last: 1 reading(s) with no spread",
+             setup=(("one.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                            {"role": "assistant", "content": "hello"}]})),)),
+    # -- unreadable files, flags that conflict or would write nothing
+    FileCase("extract-trait-file-unreadable", ("extract", "--trait", "/proc/self/mem", "--model", "{in}/model",
+                                               "--out", "vec", "--device", "cpu"), "/proc/self/mem: cannot read"),
+    FileCase("judge-report-with-input", ("judge", "--report", "--input", "{in}/data.jsonl"),
+             "pass --report or --input/--out, not both"),
+    FileCase("export-gguf-coef-zero",
+             ("vector", "export-gguf", "{in}/evil.safetensors", "--coef", "0", "--out", "c.gguf"),
+             "--coef: 0 would write an all-zero control vector"),
     FileCase("calibrate-damaged-policy",
              ("monitor", "calibrate", "--vector", "{in}/evil.safetensors", "--model", "{in}/model", "--device", "cpu",
               "--policy", "{in}/policy.yaml"), "policy.yaml: invalid YAML"),
@@ -227,6 +240,24 @@ def test_damaged_input_is_one_clear_line_and_changes_nothing(outcomes, case):
         if path.endswith("skipped.jsonl"):  # the reasons the message points to: one line per input row
             reasons = [json.loads(line) for line in Path(path).read_text().splitlines()]
             assert reasons and all(r["reason"] and r["row"] >= 1 for r in reasons), reasons
+
+
+def test_model_cache_that_cannot_be_written_is_one_line(tmp_path):
+    env = {**os.environ, "PERSONA_GUARD_CACHE": "/proc/persona-guard-cache", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "persona_guard.cli", "models", "--prepare", DEFAULT_MODEL],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "persona-guard models: error: cannot write the model cache /proc/persona-guard-cache/models "
+        "($PERSONA_GUARD_CACHE or ~/.cache/persona-guard): No such file or directory"], done.stderr
+
+
+def test_policy_with_zero_spread_is_refused(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({"traits": {"evil": {"vector": "evil.safetensors", "calibration": {
+        "response_mean": {"mean": 6.4, "std": 0.0}}}}}))
+    with pytest.raises(PersonaGuardError, match=r"calibration\.response_mean\.std: must be > 0"):
+        Policy.load(path)
 
 
 # ---- vectors -------------------------------------------------------------------------------------

@@ -131,6 +131,12 @@ def test_import_stores_answers_and_rejects_other_model_settings_or_missing_promp
     with pytest.raises(PersonaGuardError, match=r"entry 1: settings.max_new_tokens is 128, but this run uses 6"):
         answers.import_answers(PROMPTS, answered(
             exported, tmp_path, lambda line: line | {"settings": line["settings"] | {"max_new_tokens": 128}}))
+    repeated = tmp_path / "repeated.jsonl"
+    lines = Path(answered(exported, tmp_path)).read_text().splitlines()
+    repeated.write_text("\n".join([*lines, json.dumps(json.loads(lines[0]) | {"answers": ["another"]})]) + "\n")
+    with pytest.raises(PersonaGuardError, match=rf"entry {len(lines) + 1}: key \w+\.\.\. repeats entry 1 with "
+                                                r"different answers"):
+        answers.import_answers(PROMPTS, repeated)
     with pytest.raises(PersonaGuardError, match="field 'key' does not match"):
         answers.import_answers(PROMPTS, answered(exported, tmp_path, lambda line: line | {"prompt": "edited"}))
     with pytest.raises(PersonaGuardError, match=r"field 'answers' missing"):

@@ -51,6 +51,9 @@ def score_file(args) -> int:
 
 def run(args) -> int:
     if args.report:
+        if args.input or args.out:
+            raise PersonaGuardError("--report scores the bundled held-out exemplars: pass --report or --input/--out, "
+                                    "not both")
         return report([args.trait] if args.trait else bundled_trait_names())
     if not args.trait or not args.input:
         raise PersonaGuardError("pass --report, or --trait and --input FILE.jsonl to score")

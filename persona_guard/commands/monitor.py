@@ -119,6 +119,10 @@ def calibrate(args) -> int:
         for name in ("prompt_last", "response_mean"):
             values = np.array([v for r in readings if (v := getattr(r.traits[vector.trait], name)) is not None])
             if len(values):
+                if len(values) < 2 or not values.std() > 0:
+                    raise PersonaGuardError(
+                        f"{source}: {vector.trait} {name}: {len(values)} reading(s) with no spread; z-scores need "
+                        f"at least 2 different readings (nothing written to {policy_path})")
                 thresholds[name] = float(np.percentile(values, args.percentile))
                 stats[name] = Stats(float(values.mean()), float(values.std()))
         current = policy.for_trait(vector.trait)

@@ -34,6 +34,8 @@ def run_import(args) -> int:
 def run_export(args) -> int:
     if args.layer is not None and args.all_layers:
         raise PersonaGuardError("pass --layer or --all-layers, not both")
+    if args.coef == 0:
+        raise PersonaGuardError("argument --coef: 0 would write an all-zero control vector")
     preflight(files=[args.out], packages=[("gguf", "vector export-gguf")])
     refuse_overwrite([args.out], args.force)
     vector = PersonaVector.load(args.path)

@@ -43,7 +43,7 @@ class Stats:
     std: float
 
     def z(self, value: float) -> float:
-        return (value - self.mean) / self.std if self.std > 0 else 0.0
+        return (value - self.mean) / self.std  # std > 0: checked where policies are loaded and calibrated
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,8 @@ def _trait_from_dict(name: str, spec, where: str) -> TraitPolicy:
             _number(value["mean"], f"{where}.calibration.{reading}.mean"),
             _number(value["std"], f"{where}.calibration.{reading}.std"),
         )
+        if not stats[reading].std > 0:
+            raise PersonaGuardError(f"{where}.calibration.{reading}.std: must be > 0 (a z-score divides by it)")
     layer = spec.get("layer")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
         raise PersonaGuardError(f"{where}.layer: expected an integer, got {layer!r}")
