@@ -1,4 +1,4 @@
-"""Reading and writing JSONL with errors that name the file and line."""
+"""Reading input files and reading and writing JSONL, with errors that name the file and line."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def _no_constant(name: str):
     raise NonStandardJSON(f"{name} is not valid JSON")
 
 
+def require_file(path: str | Path, what: str = "file", flag: str | None = None) -> Path:
+    """``path`` as a :class:`Path` when it is a regular file (or a link to one), else one
+    :class:`PersonaGuardError` line saying why: ``<what> not found: <path>``, ``<what> <path> is a folder``
+    or ``<what> <path> is not a regular file`` (a device, a pipe, a socket). With ``flag`` the line names
+    the flag instead: ``<flag> <path>: file not found`` / ``: is a folder`` / ``: is not a regular file``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    problem = None if not path.exists() else "is a folder" if path.is_dir() else "is not a regular file"
+    if flag is not None:
+        raise PersonaGuardError(f"{flag} {path}: {problem or 'file not found'}")
+    raise PersonaGuardError(f"{what} not found: {path}" if problem is None else f"{what} {path} {problem}")
+
+
 def loads_strict(text: str | bytes):
     """``json.loads`` as JSON has it, for every reader of user files and requests: a non-standard
     constant or an overflowing number raises :class:`NonStandardJSON` (a ``ValueError``, as
@@ -40,9 +54,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     :func:`persona_guard.rows.read_rows` instead, which keeps going past bad lines."""
     from persona_guard.rows import RowError, check_text, jsonl_lines
 
-    path = Path(path)
-    if not path.is_file():
-        raise PersonaGuardError(f"file not found: {path}")
+    path = require_file(path)
     rows = []
     for line_number, data, error in jsonl_lines(path):
         try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from persona_guard.errors import PersonaGuardError
-from persona_guard.io import loads_strict
+from persona_guard.io import loads_strict, require_file
 
 ROLES = ("system", "user", "assistant", "tool")
 #: message keys handed on besides role and content (when present and not null)
@@ -455,8 +455,8 @@ def read_rows(source: str | Path, split: str | None = None) -> list[RawRow]:
             raise PersonaGuardError(f"{path}: unknown data format {path.suffix!r} (use .jsonl, .parquet, .csv "
                                     "or a saved datasets dir)")
         rows = reader(path)
-    elif path.suffix.lower() in SUFFIXES or str(source).startswith((".", os.sep)):
-        raise PersonaGuardError(f"file not found: {path}")
+    elif path.exists() or path.suffix.lower() in SUFFIXES or str(source).startswith((".", os.sep)):
+        require_file(path)  # missing, a device or a pipe: one line saying which
     else:
         rows = _read_hub_dataset(str(source), split)
     if not rows:

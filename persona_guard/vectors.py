@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path
-from persona_guard.io import loads_strict
+from persona_guard.io import loads_strict, require_file
 from persona_guard.models import LoadedModel, same_model_id, unwrap_model
 from persona_guard.traits import TRAIT_NAME, Trait
 
@@ -165,9 +165,7 @@ class PersonaVector:
     @classmethod
     def load(cls, path: str | Path) -> PersonaVector:
         """Load a persona-guard ``.safetensors`` vector, or import a paper-format ``.pt`` one."""
-        path = Path(path)
-        if not path.is_file():
-            raise PersonaGuardError(f"vector file not found: {path}")
+        path = require_file(path, "vector file")
         if path.suffix == ".pt":
             return cls.from_original_pt(path)
         try:

@@ -553,6 +553,25 @@ CASES = [
         ("monitor", "{in}/nan_field.jsonl", *MONITOR[2:], "{in}/evil.safetensors", "--out", "m.jsonl"),
         "{in}/nan_field.jsonl:1: invalid JSON (NaN is not valid JSON)",
     ),
+    # -- issue 16: an unknown lm-eval task fails before any model loads; a folder or a device is not "not found"
+    Case(
+        "eval-unknown-lm-eval-task",
+        ("eval", "--trait", "evil", "--model", "{in}/model", "--vector", "{in}/evil.safetensors", "--device", "cpu",
+         "--lm-eval-task", "nosuchtask", "--benign", "none", "--mc", "none", "--out", "ev"),
+        "--lm-eval-task nosuchtask: not a registered lm-eval task",
+    ),
+    Case(
+        "serve-api-key-file-is-a-folder",
+        ("serve", "--model", "{in}/model", "--api-key-file", "{in}/model", "--port", "0"),
+        "--api-key-file {in}/model: is a folder",
+    ),
+    Case(
+        "monitor-a-device",
+        ("monitor", "/dev/null", *MONITOR[2:], "{in}/evil.safetensors", "--out", "m.jsonl"),
+        "file /dev/null is not a regular file",
+    ),
+    Case("vector-show-a-folder", ("vector", "show", "{in}/model"), "vector file {in}/model is a folder"),
+    Case("train-recipe-is-a-folder", ("train", "{in}/model"), "recipe {in}/model is a folder"),
 ]
 
 

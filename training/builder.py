@@ -33,7 +33,7 @@ class TrainingRun:
 
 
 def load_vector(path: str, where: str) -> PersonaVector:
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a folder or a device: PersonaVector.load says which
         raise PersonaGuardError(
             f"{where}: vector file not found: {path} (extract one first, see docs/training.md)")
     return PersonaVector.load(path)

@@ -25,7 +25,7 @@ from persona_guard.encoding import encode_chat
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, write_json_atomic, write_text_atomic
 from persona_guard.generation import GenerationConfig, generate_responses
-from persona_guard.io import read_jsonl
+from persona_guard.io import read_jsonl, require_file
 from persona_guard.judges import JudgeEndpoint
 from persona_guard.metrics import mean_or_none
 from persona_guard.models import LoadedModel, load_model
@@ -223,13 +223,29 @@ def lm_eval_task(spec: str) -> str | dict:
         return spec
     import yaml
 
-    path = Path(spec)
-    if not path.is_file():
-        raise PersonaGuardError(f"lm-eval task file not found: {spec}")
+    path = require_file(spec, "lm-eval task file")
     config = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(config, dict) or "task" not in config:
         raise PersonaGuardError(f"{spec}: an lm-eval task file needs a mapping with a 'task' name")
     return config
+
+
+def check_lm_eval_tasks(specs: Sequence[str], flag: str = "--lm-eval-task") -> None:
+    """Refuse, before any model loads, a task YAML that is missing or not a task config, and a task name
+    that lm-eval's registry (``lm_eval.tasks.TaskManager().all_tasks``: tasks, groups and tags) lacks;
+    one line naming ``flag`` and the spec. Needs the lm-eval package."""
+    for spec in specs:
+        lm_eval_task(spec)
+    names = [spec for spec in specs if not spec.endswith((".yaml", ".yml"))]
+    if not names:
+        return
+    from lm_eval.tasks import TaskManager
+
+    registered = set(TaskManager().all_tasks)
+    for name in names:
+        if name not in registered:
+            raise PersonaGuardError(f"{flag} {name}: not a registered lm-eval task, group or tag "
+                                    "(list them with `lm-eval ls tasks`)")
 
 
 def lm_eval_scores(model, tokenizer, tasks: Sequence[str], limit: int | None, batch_size: int) -> dict[str, float]:

@@ -23,6 +23,7 @@ from typing import Literal
 import yaml
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.io import require_file
 from persona_guard.rows import DroppedRow, Row, reason_counts
 from persona_guard.schema import FieldError, bounds, check, check_value, from_mapping, to_mapping
 from persona_guard.screening.scorer import ScreeningConfig
@@ -279,9 +280,7 @@ def recipe_from_dict(raw: dict, where: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise PersonaGuardError(f"recipe not found: {path}")
+    path = require_file(path, "recipe")
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:

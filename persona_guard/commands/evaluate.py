@@ -16,9 +16,10 @@ from persona_guard.commands.common import (
     judge_endpoint,
     preflight,
 )
+from persona_guard.io import require_file
 from persona_guard.schema import add_arguments, flag_type, from_args
 from persona_guard.steering import COEF_BOUNDS
-from persona_guard.training.evaluation import EvalSettings
+from persona_guard.training.evaluation import EvalSettings, check_lm_eval_tasks
 
 BUNDLED_BENIGN = "benign_heldout.jsonl"
 BUNDLED_MC = "capability_mc.jsonl"
@@ -63,14 +64,15 @@ def run(args) -> int:
         check_same_trait(vector, trait)  # its projection beside another trait's judge score means nothing
         vector.resolve_layer(args.layer)  # a layer the vector lacks fails before any model loads
     for flag, path in (("--benign", args.benign), ("--mc", args.mc)):
-        if path not in (None, "none") and not Path(path).is_file():
-            raise PersonaGuardError(f"{flag} {path}: file not found")
+        if path not in (None, "none"):
+            require_file(path, flag=flag)
     for arm in arms:
         preflight(model=arm.model)
         if arm.adapter and not (Path(arm.adapter) / "adapter_config.json").is_file():
             raise PersonaGuardError(f"arm {arm.name!r}: adapter dir {arm.adapter} holds no adapter_config.json")
     preflight(judge=(args.judge, judge_endpoint(args)) if args.judge != "none" else None, outputs=[out],
               packages=[("lm_eval", "--lm-eval-task")] if args.lm_eval_task else [])
+    check_lm_eval_tasks(args.lm_eval_task)  # after the package check: a typo fails before any model loads
     settings = from_args(
         EvalSettings, args, EVAL_FLAGS, judge=args.judge, judge_endpoint=judge_endpoint(args),
         benign_path=capability_path(args.benign, BUNDLED_BENIGN, "perplexity"),

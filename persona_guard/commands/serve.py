@@ -10,6 +10,7 @@ from pathlib import Path
 from persona_guard.commands.common import add_model_arguments, http_url, preflight
 from persona_guard.commands.monitor import parse_thresholds
 from persona_guard.errors import PersonaGuardError
+from persona_guard.io import require_file
 from persona_guard.schema import add_arguments, bounds, flag_type, from_args
 from persona_guard.server.app import ServerConfig
 from persona_guard.server.policy import ACTIONS, Policy
@@ -55,9 +56,7 @@ def build_policy(args) -> tuple[Policy, dict[str, tuple[PersonaVector, int]]]:
 
 def read_api_key(args) -> str | None:
     if args.api_key_file:
-        path = Path(args.api_key_file)
-        if not path.is_file():
-            raise PersonaGuardError(f"--api-key-file {path}: file not found")
+        path = require_file(args.api_key_file, flag="--api-key-file")
         key = path.read_text(encoding="utf-8").strip()
         if not key:
             raise PersonaGuardError(f"--api-key-file {path}: file is empty")

@@ -29,6 +29,7 @@ import yaml
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
+from persona_guard.io import require_file
 from persona_guard.monitor import Threshold
 
 ACTIONS = ("log", "alert", "steer", "block")
@@ -77,9 +78,7 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise PersonaGuardError(f"policy file not found: {path}")
+        path = require_file(path, "policy file")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
