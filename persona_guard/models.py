@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from persona_guard.errors import PersonaGuardError
+from persona_guard.io import require_file
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -221,8 +222,8 @@ def check_model_available(name_or_path: str) -> None:
         return
     path = Path(name_or_path).expanduser()
     if path.exists() or name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith(".gguf"):
-        if name_or_path.endswith(".gguf") and not path.is_file():
-            raise PersonaGuardError(f"GGUF file not found: {name_or_path}")
+        if name_or_path.endswith(".gguf"):
+            require_file(path, "GGUF file")
         if path.is_dir():
             check_model_dir(path)
         if not path.exists():
@@ -299,8 +300,7 @@ def load_model(
 
     path = name_or_path
     if gguf_file is None and path.endswith(".gguf"):
-        if not os.path.isfile(path):
-            raise PersonaGuardError(f"GGUF file not found: {path}")
+        require_file(path, "GGUF file")
         path, gguf_file = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     else:
         path = resolve_model_path(path)

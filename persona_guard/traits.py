@@ -17,7 +17,7 @@ import yaml
 
 from persona_guard.errors import PersonaGuardError
 from persona_guard.files import write_text_atomic
-from persona_guard.io import loads_strict
+from persona_guard.io import loads_strict, require_file
 
 SCHEMA_VERSION = 1
 N_INSTRUCTIONS = 5
@@ -204,8 +204,7 @@ def load_trait(name_or_path: str | Path) -> Trait:
         if not path.is_file():
             raise PersonaGuardError(f"no bundled trait {str(name_or_path)!r}; bundled: "
                                     f"{', '.join(bundled_trait_names()) or 'none'}; or pass a trait file path")
-    if not path.is_file():
-        raise PersonaGuardError(f"trait file not found: {path}")
+    require_file(path, "trait file")
     return trait_from_dict(_read_mapping(path), str(path))
 
 
