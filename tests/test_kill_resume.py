@@ -182,6 +182,9 @@ def test_training_killed_at_random_points_resumes_to_the_same_adapter(tiny_setup
     reference_dir = tmp_path / "reference"
     assert main(["train", str(resumable_recipe(tiny_setup, reference_dir))]) == 0
     reference = load_file(reference_dir / "adapter_model.safetensors")
+    finished = {p.name: p.stat().st_mtime_ns for p in reference_dir.iterdir()}
+    assert main(["train", str(resumable_recipe(tiny_setup, reference_dir))]) == 0  # a finished run: nothing to do
+    assert {p.name: p.stat().st_mtime_ns for p in reference_dir.iterdir()} == finished
     steered = json.loads((reference_dir / "steering_rank0.json").read_text())["steered_block_forwards"]
     points = [("step", step) for step in range(2, STEPS)] + [("saved", step) for step in range(1, STEPS)]
     for point in random.Random(SEED).sample(points, 2):

@@ -5,9 +5,9 @@ trainer; steering hooks are attached on each process's model replica or shard.
 
 ``output_dir`` follows the overwrite rule of every command (:mod:`persona_guard.files`): a run whose
 ``run_inputs.json`` matches this recipe and its input files resumes from its last checkpoint (the
-steering callback is rebuilt from the recipe and continues at the checkpoint's step); any other
-non-empty ``output_dir`` is refused unless ``--force``, which clears it. A run that fails before its
-first checkpoint leaves ``output_dir`` as it found it.
+steering callback is rebuilt from the recipe and continues at the checkpoint's step), or does nothing
+when that run finished; any other non-empty ``output_dir`` is refused unless ``--force``, which
+clears it. A run that fails before its first checkpoint leaves ``output_dir`` as it found it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,8 @@ from persona_guard.errors import PersonaGuardError
 from persona_guard.files import atomic_path, output_folder, refuse_overwrite, write_json_atomic, write_text_atomic
 
 RUN_INPUTS = "run_inputs.json"
+#: written last, when the model is saved: its presence marks a finished run
+FINISHED = "recipe.yaml"
 
 
 def _sha256(path: str) -> str:
@@ -52,16 +55,19 @@ def resume_point(output_dir: Path, inputs: dict, force: bool) -> str | None:
     """
     from transformers.trainer_utils import get_last_checkpoint
 
-    recorded = output_dir / RUN_INPUTS
-    if not force and recorded.is_file():
-        try:
-            same = json.loads(recorded.read_text(encoding="utf-8")) == inputs
-        except ValueError:
-            same = False
-        if same:
-            return get_last_checkpoint(str(output_dir))
+    if not force and same_inputs(output_dir, inputs):
+        return get_last_checkpoint(str(output_dir))
     refuse_overwrite([output_dir], force)
     return None
+
+
+def same_inputs(output_dir: Path, inputs: dict) -> bool:
+    """Whether ``output_dir`` records a run of this recipe with these input files."""
+    recorded = output_dir / RUN_INPUTS
+    try:
+        return recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")) == inputs
+    except ValueError:
+        return False
 
 
 def run(args) -> int:
@@ -80,6 +86,10 @@ def run(args) -> int:
     if inside:  # --force clears output_dir: it must never hold what the run reads
         raise PersonaGuardError(f"{args.recipe}: training.output_dir {output_dir} holds an input of this run "
                                 f"({inside[0]}); choose another output_dir")
+    if not force and (output_dir / FINISHED).is_file() and same_inputs(output_dir, inputs):
+        print(f"persona-guard train: {output_dir} already holds this run, finished (same recipe and input "
+              "files); nothing to do (pass --force to train it again)", file=sys.stderr)
+        return 0
     checkpoint = resume_point(output_dir, inputs, force)
     packages = [("wandb", "report_to: wandb")] if "wandb" in str(recipe.training.get("report_to", "")) else []
     preflight(model=recipe.model.name_or_path, outputs=[output_dir], packages=packages)
@@ -101,7 +111,7 @@ def run(args) -> int:
               f"at layers {training_run.steering.layers} ({training_run.steering.operator})", flush=True)
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        write_text_atomic(output_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        write_text_atomic(output_dir / FINISHED, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         if recipe.steering is not None:
             with atomic_path(output_dir / "steering_vector.safetensors") as staging:
                 shutil.copyfile(recipe.steering.vector, staging)
