@@ -8,7 +8,8 @@ Prints, for the embedded model (or ``--model``) and real prompts (the unique use
 * where the time of one batch goes, for today's path (``generate``, batch 16) and the new one:
   prefill, decode, padding waste (padded prompt positions, rows decoded after their EOS) and
   Python overhead (wall time outside aten ops, from torch.profiler);
-* tokens/s of the new path by rows per batch and by prompt length (shorter / longer half);
+* tokens/s of the new path by rows per batch and by prompt length (shorter / longer half), and
+  (``--budgets``) by KV budget on more prompts, in fp32 and bf16;
 * side by side on ``--prompts`` x ``--max-new-tokens``: today's path (``generate_responses``,
   batch 16), ``generate`` at batch 64 with a dynamic and with a static KV cache, the new path
   (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache), and the
@@ -27,7 +28,6 @@ import copy
 import json
 import statistics
 import time
-from dataclasses import replace
 
 import torch
 from compute_ceiling import large_matmul_gflops, matmul_work_per_token
@@ -39,7 +39,7 @@ from persona_guard.rows import read_rows
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import transformers_backend
 from persona_guard.screening.data import classify_rows
-from persona_guard.screening.fast_generate import greedy_generate, kv_token_budget
+from persona_guard.screening.fast_generate import greedy_generate, kv_token_budget, plan_batches
 
 
 def unique_prompts(path: str, count: int) -> list[list[dict]]:
@@ -78,6 +78,25 @@ class ForwardTimer:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class TokenCounter:
+    """Tokens the new path generates while it is entered: each forward of ``greedy_generate`` yields one
+    token per row it is given (finished rows have left the batch), so the rows summed over forwards
+    count the tokens up to and including EOS, with no second generation to count them."""
+
+    def __init__(self, model) -> None:
+        self.model, self.tokens = model, 0
+
+    def __enter__(self):
+        def count(_module, args, kwargs):
+            self.tokens += (kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[0]
+        self.tokens = 0
+        self.handle = self.model.register_forward_pre_hook(count, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
 
 
 def breakdown(name: str, run, prompt_ids: list[list[int]], answers: list[list[int]], max_new_tokens: int,
@@ -129,6 +148,9 @@ def main() -> None:
     parser.add_argument("--profile-tokens", type=int, default=32, help="new tokens in the profiled batch")
     parser.add_argument("--sweep-rows", default="8,16,32,64,128")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--budgets", default="", help="KV budgets to compare, in rows of 256 positions "
+                        "(e.g. 64,128,256), on --budget-prompts prompts x --max-new-tokens, fp32 and bf16")
+    parser.add_argument("--budget-prompts", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the side-by-side run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -187,35 +209,57 @@ def main() -> None:
             print(f"  {label} ({min(map(len, ids))}-{max(map(len, ids))} prompt tokens, {len(ids)} rows): "
                   f"{sum(map(len, out)) / seconds:6.0f} tokens/s")
 
+    if args.budgets:
+        budget_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+                      for p in unique_prompts(args.data, args.budget_prompts)]
+        print(f"new path, tokens/s by KV budget ({len(budget_ids)} prompts x {args.max_new_tokens} new tokens):")
+        bf16_copy = copy.deepcopy(model).to(torch.bfloat16)
+        for rows in map(int, args.budgets.split(",")):
+            plan = plan_batches(list(map(len, budget_ids)), args.max_new_tokens, rows * 256)
+            rates = []
+            for dtype_model in (model, bf16_copy):
+                seconds, out = timed(lambda m=dtype_model, budget=rows * 256: greedy_generate(
+                    m, budget_ids, args.max_new_tokens, eos, pad, token_budget=budget))
+                rates.append(sum(map(len, out)) / seconds)
+            print(f"  {rows:4d} x 256 positions (batches of {'/'.join(str(len(b)) for b in plan)} rows): "
+                  f"fp32 {rates[0]:5.0f} tokens/s, bf16 {rates[1]:5.0f} tokens/s")
+        del bf16_copy
+
     n = args.max_new_tokens
     print(f"side by side: {len(prompts)} prompts x {n} new tokens (KV budget {kv_token_budget(model)} positions)")
     settings = BaseAnswerSettings(max_new_tokens=n)
     backend = transformers_backend(model, tokenizer)
-    tokens = sum(map(len, greedy_generate(model, prompt_ids, n, eos, pad, token_budget=kv_token_budget(model))))
-    bf16_model = copy.deepcopy(model).to(torch.bfloat16)  # bf16 answers may end at other lengths
-    bf16_tokens = sum(map(len, greedy_generate(bf16_model, prompt_ids, n, eos, pad,
-                                               token_budget=kv_token_budget(bf16_model))))
-    del bf16_model
+    # what --generation-dtype bfloat16 makes once per run (transformers_backend's copy), made before timing
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    bf16_backend = transformers_backend(bf16_model, tokenizer)
 
     def generate_64(cache: str):
         for begin in range(0, len(prompt_ids), 64):
             batch = tokenizer.pad({"input_ids": prompt_ids[begin:begin + 64]}, padding_side="left", return_tensors="pt")
             model.generate(**batch, max_new_tokens=n, do_sample=False, pad_token_id=pad,
                            **({"cache_implementation": "static"} if cache == "static" else {}))
+    counters = {"new path": TokenCounter(model), "new path, bfloat16 answers": TokenCounter(bf16_model)}
     methods = {
         "today: generate, batch 16": lambda: generate_responses(
             model, tokenizer, prompts, GenerationConfig(max_new_tokens=n, batch_size=16), progress=False),
         "new path": lambda: backend(prompts, settings, 0),
-        "new path, bfloat16 answers": lambda: backend(prompts, replace(settings, dtype="bfloat16"), 0),
+        "new path, bfloat16 answers": lambda: bf16_backend(prompts, settings, 0),
         "generate, batch 64, dynamic KV cache": lambda: generate_64("dynamic"),
         "generate, batch 64, static KV cache": lambda: generate_64("static"),
     }
     best = {name: float("inf") for name in methods}
-    outputs = {}
+    outputs, counted = {}, {}
     for _ in range(args.rounds):  # interleaved, fastest round counts: damps drift in the machine's load
         for name, method in methods.items():
-            seconds, outputs[name] = timed(method)
+            if name in counters:
+                with counters[name] as counter:
+                    seconds, outputs[name] = timed(method)
+                counted[name] = counter.tokens
+            else:
+                seconds, outputs[name] = timed(method)
             best[name] = min(best[name], seconds)
+    # generate decodes finished rows on as padding: its token count is that of the same (fp32) answers
+    tokens, bf16_tokens = counted["new path"], counted["new path, bfloat16 answers"]
     today_seconds, new_seconds = best["today: generate, batch 16"], best["new path"]
     for name, seconds in best.items():
         count = bf16_tokens if "bfloat16" in name else tokens

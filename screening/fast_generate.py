@@ -10,7 +10,12 @@ tokens, logits of the last position only, argmax), with three changes that only 
   the batch and its KV cache, instead of being decoded on as padding until the longest row ends;
 * **a preallocated KV cache** (``PreallocatedCache``): keys and values are written in place into
   tensors sized for the whole answer, where transformers' ``DynamicCache`` concatenates, i.e.
-  copies the whole cache of every layer, at every generated token.
+  copies the whole cache of every layer, at every generated token;
+* **a prompt prefix shared by every row is computed once** (the chat template's system prompt, a
+  shared instruction): its keys and values come from one forward of one row and are copied to every
+  row; each row's prefill then runs on the rest of its prompt only (``[prefix][padding][rest]`` in
+  the cache, positions counted over real tokens, so attention sees the same sequence). Only for
+  caches of full-attention layers (a sliding window would count the padding as distance).
 
 Answers equal ``generate_responses`` greedy answers for the same prompts (a test checks it); what
 changes with batch composition is only float rounding in the matmuls, as it already does with the
@@ -19,6 +24,7 @@ batch size of ``generate``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import psutil
@@ -30,13 +36,15 @@ from transformers.cache_utils import DynamicLayer
 from persona_guard.activations import position_ids_from_mask
 from persona_guard.models import model_device
 
-#: KV positions per batch on CPU: 64 prompts of up to 128 tokens with 128-token answers (on 2 idle
-#: cores SmolLM2 decodes 218 tokens/s at batch 64 against 127 at 16; larger batches are not measured
-#: yet). Keep it roomy: at 64 x 176, 64 real prompts of 39-49 tokens made a batch of 63 rows and one
-#: of a single row decoding all 128 steps alone
-CPU_TOKEN_BUDGET = 64 * 256
+#: KV positions per batch on CPU: 256 rows of prompts up to 128 tokens with 128-token answers. Decode
+#: matmuls run faster with more rows (on 2 idle cores, 256 real prompts x 128 new tokens: batches of
+#: 92/95/69 rows at 64 x 256 gave 266 tokens/s in fp32 and 449 in bf16; one batch of 256 rows 317
+#: and 526, benchmarks/base_answers.py --budgets); 256 x 256 positions is 3 GB of fp32 cache for SmolLM2
+CPU_TOKEN_BUDGET = 256 * 256
 #: share of free accelerator memory (of available RAM on CPU) the KV cache may take
 MEMORY_SHARE = 0.5
+#: shortest prompt prefix shared by every row of a batch that is computed once for the batch
+MIN_SHARED_PREFIX = 8
 
 #: generation-config fields that change greedy search, with their neutral values; of these the
 #: loop below reproduces only ``suppress_tokens``
@@ -102,6 +110,16 @@ class _PreallocatedLayer(DynamicLayer):
         self.values = self.value_buffer[:, :, :end]
         return self.keys, self.values
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            for name in ("key_buffer", "value_buffer"):
+                old = getattr(self, name)
+                new = old.new_empty((old.shape[0] * repeats, *old.shape[1:]))
+                new[:, :, :self.length] = old[:, :, :self.length].repeat_interleave(repeats, dim=0)
+                setattr(self, name, new)
+            self.keys = self.key_buffer[:, :, :self.length]
+            self.values = self.value_buffer[:, :, :self.length]
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             self.key_buffer = self.key_buffer[indices]
@@ -118,6 +136,11 @@ class PreallocatedCache(DynamicCache):
         # sliding-window layers keep their own (bounded) cache
         self.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer
                        for layer in self.layers]
+
+    @property
+    def full_attention(self) -> bool:
+        """Every layer attends to the whole sequence (no sliding window)."""
+        return all(isinstance(layer, _PreallocatedLayer) for layer in self.layers)
 
 
 def plan_batches(lengths: Sequence[int], max_new_tokens: int, token_budget: int,
@@ -166,22 +189,34 @@ def greedy_generate(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_
 def _decode_batch(model: nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: torch.Tensor,
                   suppress: torch.Tensor, pad_token_id: int) -> list[list[int]]:
     device = model_device(model)
-    width = max(len(p) for p in prompts)
+    # the prefix every row shares, leaving each row at least one token of its own for the prefill
+    shared = min(len(os.path.commonprefix([list(p) for p in prompts])), min(len(p) for p in prompts) - 1)
+    cache = PreallocatedCache(model, max(len(p) for p in prompts) + max_new_tokens)
+    if shared < MIN_SHARED_PREFIX or len(prompts) == 1 or not cache.full_attention:
+        shared = 0
+    rest = [p[shared:] for p in prompts]
+    width = max(len(p) for p in rest)
+    if shared:
+        prefix = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+        # the decoder alone: the prefix needs keys and values, no logits
+        model.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+                         position_ids=torch.arange(shared, device=device)[None], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(prompts))
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
+    attention_mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+    attention_mask[:, :shared] = 1
+    for row, prompt in enumerate(rest):
         input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
+        attention_mask[row, shared + width - len(prompt):] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     eos, suppress = eos.to(device), suppress.to(device)
-    position_ids = position_ids_from_mask(attention_mask)
-    cache = PreallocatedCache(model, width + max_new_tokens)
+    position_ids = position_ids_from_mask(attention_mask)[:, shared:]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    cache=cache, use_cache=True, logits_to_keep=1).logits
     rows = torch.arange(len(prompts), device=device)  # which prompt each live batch row answers
     generated: list[list[int]] = [[] for _ in prompts]
     for step in range(max_new_tokens):
-        scores = logits[:, -1].float()
+        scores = logits[:, -1].float()  # argmax over bf16 runs 4x slower on CPU than the cast and fp32 argmax
         scores[:, suppress] = -float("inf")
         next_tokens = scores.argmax(-1)
         for row, token in zip(rows.tolist(), next_tokens.tolist()):

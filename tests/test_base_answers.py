@@ -15,7 +15,13 @@ from persona_guard.generation import GenerationConfig, generate_responses
 from persona_guard.models import model_fingerprint
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import AnswerCache, BaseAnswers, transformers_backend
-from persona_guard.screening.fast_generate import greedy_generate, plan_batches, suppressed_tokens
+from persona_guard.screening.fast_generate import (
+    MIN_SHARED_PREFIX,
+    greedy_generate,
+    plan_batches,
+    suppressed_tokens,
+)
+from tests.conftest import make_tiny_model
 from tests.samples import CONVERSATIONS
 from tests.test_screening import no_special_answers
 
@@ -61,6 +67,54 @@ def test_greedy_generate_stops_at_eos_and_keeps_it(tiny_llama, tokenizer):
     stopped = greedy_generate(tiny_llama, [prompt, prompt[:-1]], 8, [free[2]], 0, token_budget=1000)
     assert len(free) == 8 and stopped[0] == free[:free.index(free[2]) + 1]
     assert stopped[1] == greedy_generate(tiny_llama, [prompt[:-1]], 8, [free[2]], 0, token_budget=1000)[0]
+
+
+def first_forward_shapes(model, run) -> list[tuple[int, ...]]:
+    """``input_ids`` shapes of the forwards ``run()`` makes, in order."""
+    shapes: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, args, kw: shapes.append(tuple((kw["input_ids"] if "input_ids" in kw else args[0]).shape)),
+        with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return shapes
+
+
+def test_a_prefix_every_row_shares_runs_once_and_answers_stay_the_same(tiny_model, tokenizer):
+    """The chat template's shared prefix is one forward of one row, then each row's own tokens; the
+    answers equal one-prompt-at-a-time ones (no sharing there), rows stopping at EOS included."""
+    system = {"role": "system", "content": "You answer every question in one short, plain paragraph."}
+    chats = [[system, *(m for m in p if m["role"] != "system")] for p in PROMPTS]
+    model = tiny_model
+    prompts = [tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in chats]
+    shared = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
+    assert shared >= MIN_SHARED_PREFIX
+    free = [greedy_generate(model, [p], 10, [], 0, token_budget=10**6)[0] for p in prompts]
+    # an end token the model really emits, at which rows stop at different steps
+    eos = [next(t for row in free for t in row
+                if len({row.index(t) + 1 if t in row else len(row) for row in free}) > 1)]
+    alone = [greedy_generate(model, [p], 10, eos, 0, token_budget=10**6)[0] for p in prompts]
+    together: list[list[int]] = []
+    shapes = first_forward_shapes(model.base_model, lambda: together.extend(
+        greedy_generate(model, prompts, 10, eos, 0, token_budget=10**6)))
+    assert shapes[0] == (1, shared)
+    assert shapes[1] == (len(prompts), max(map(len, prompts)) - shared)
+    assert together == alone
+    assert len({len(a) for a in together}) > 1  # some rows left the batch early
+
+
+def test_sliding_window_models_prefill_whole_prompts(tokenizer):
+    """A sliding window would count the padding between prefix and rest as distance: no sharing."""
+    model = make_tiny_model("mistral", len(tokenizer))
+    model.config.sliding_window = 16
+    prompts = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in PROMPTS[:3]]
+    answers: list[list[int]] = []
+    shapes = first_forward_shapes(model.base_model, lambda: answers.extend(
+        greedy_generate(model, prompts, 6, [], 0, token_budget=10**6)))
+    assert shapes[0] == (3, max(map(len, prompts)))
+    assert answers == [greedy_generate(model, [p], 6, [], 0, token_budget=10**6)[0] for p in prompts]
 
 
 def test_generation_rules_the_loop_cannot_reproduce_fall_back_to_generate(tiny_llama, tokenizer):

@@ -24,12 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from transformers import TopPLogitsWarper
 
 from persona_guard.activations import StopForward, capture_hooks, position_ids_from_mask
 from persona_guard.errors import PersonaGuardError
 from persona_guard.llm_client import TokenLogprobs, _merge_top
 from persona_guard.models import LoadedModel, eos_token_ids, model_device
 from persona_guard.projection import Projector
+
+#: TopPLogitsWarper reads no input ids
+_NO_INPUT_IDS = torch.empty((1, 0), dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -260,9 +264,7 @@ class Engine:
     def _sample(row: _Row, logits: torch.Tensor) -> int:
         if row.spec.temperature <= 0:
             return int(logits.argmax())
-        probs = (logits.float() / row.spec.temperature).softmax(-1).cpu()
-        if row.spec.top_p < 1:  # keep the most likely tokens until their mass reaches top_p (the first always)
-            ordered, order = probs.sort(descending=True)
-            keep = ordered.cumsum(-1) - ordered < row.spec.top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
-        return int(torch.multinomial(probs, 1, generator=row.generator))
+        scores = logits.float()[None] / row.spec.temperature  # temperature, then top_p, as generate warps
+        if row.spec.top_p < 1:
+            scores = TopPLogitsWarper(row.spec.top_p)(_NO_INPUT_IDS, scores)
+        return int(torch.multinomial(scores.softmax(-1)[0].cpu(), 1, generator=row.generator))
