@@ -4,7 +4,8 @@ Prints, for the embedded model (or ``--model``) and real prompts (the unique use
 ``--data``):
 
 * the decode compute ceiling: matmul FLOPs per generated token (weights and LM head, plus
-  attention over the average context) against the rate of one large matmul (compute_ceiling.py);
+  attention over the average context) against the rate of one large matmul (compute_ceiling.py),
+  and against the rate of the model's own weight matmuls on the side-by-side's 64 rows;
 * where the time of one batch goes, for today's path (``generate``, batch 16) and the new one:
   prefill, decode, padding waste (padded prompt positions, rows decoded after their EOS) and
   Python overhead (wall time outside aten ops, from torch.profiler);
@@ -34,7 +35,7 @@ from compute_ceiling import large_matmul_gflops, matmul_work_per_token
 
 from persona_guard.encoding import render_prompt
 from persona_guard.generation import GenerationConfig, generate_responses
-from persona_guard.models import eos_token_ids, load_model
+from persona_guard.models import decoder_layers, eos_token_ids, load_model
 from persona_guard.rows import read_rows
 from persona_guard.screening import BaseAnswerSettings
 from persona_guard.screening.base_answers import transformers_backend
@@ -62,6 +63,24 @@ def decode_ceiling(model, context: float, dtype: torch.dtype) -> tuple[float, fl
     gflop = 2 * (weights + attention) / 1e9
     rate = large_matmul_gflops(dtype)
     return gflop, rate, rate / gflop
+
+
+@torch.no_grad()
+def weight_matmul_gflops(model, rows: int, rounds: int = 3) -> float:
+    """GFLOP/s of the model's own weight matmuls (every 2-D weight of the decoder layers, then the LM
+    head, in forward order) on ``rows`` input rows: the most a decode step of that many rows can
+    reach, with each weight coming from memory as in the model (together they overflow the caches).
+    Best of ``rounds``."""
+    weights = [p for block in decoder_layers(model) for p in block.parameters() if p.dim() == 2]
+    weights.append(model.get_output_embeddings().weight)
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for weight in weights:
+            torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+        best = min(best, time.perf_counter() - start)
+    return 2 * rows * sum(w.numel() for w in weights) / best / 1e9
 
 
 class ForwardTimer:
@@ -172,6 +191,12 @@ def main() -> None:
           f"= {ceiling:.0f} tokens/s")
     _, bf16_rate, bf16_ceiling = decode_ceiling(model, context, torch.bfloat16)
     print(f"decode ceiling in bfloat16: one large bf16 matmul's {bf16_rate:.0f} GFLOP/s = {bf16_ceiling:.0f} tokens/s")
+    rows = min(64, len(prompts))  # the side-by-side's batch
+    rows_rates = {name: weight_matmul_gflops(m, rows)
+                  for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16)))}
+    print(f"at {rows} rows the model's own weight matmuls run at {rows_rates['fp32']:.0f} GFLOP/s in fp32 and "
+          f"{rows_rates['bf16']:.0f} in bf16 (weights from memory): {rows_rates['fp32'] / gflop:.0f} and "
+          f"{rows_rates['bf16'] / gflop:.0f} tokens/s with nothing else to compute")
 
     sample = list(range(min(16, len(prompts))))
     steps = args.profile_tokens
@@ -273,6 +298,8 @@ def main() -> None:
           f"{same['new path']}/{len(prompts)}, bfloat16 {same['new path, bfloat16 answers']}/{len(prompts)} "
           "(bf16 rounding changes greedy picks: a different answer, not a wrong one)")
     print(json.dumps({"ceiling_tokens_per_s": round(ceiling), "bf16_ceiling_tokens_per_s": round(bf16_ceiling),
+                      "rows_ceiling_tokens_per_s": round(rows_rates["fp32"] / gflop),
+                      "rows_bf16_ceiling_tokens_per_s": round(rows_rates["bf16"] / gflop),
                       "today_tokens_per_s": round(tokens / today_seconds),
                       "new_tokens_per_s": round(tokens / new_seconds),
                       "new_bf16_tokens_per_s": round(bf16_tokens / best["new path, bfloat16 answers"]),

@@ -1,7 +1,7 @@
 """Greedy decoding for base answers, faster than ``model.generate`` on CPU and GPU alike.
 
-The same forward passes as transformers' greedy search (left padding, positions counted over real
-tokens, logits of the last position only, argmax), with three changes that only affect speed:
+The same computation as transformers' greedy search (left padding, positions counted over real
+tokens, logits of the last position only, argmax), with changes that only affect speed:
 
 * **batches sized from memory, not fixed**: prompts are sorted longest first (so rows of a batch
   have similar lengths and little padding) and each batch takes as many rows as fit
@@ -38,8 +38,8 @@ from persona_guard.models import model_device
 
 #: KV positions per batch on CPU: 256 rows of prompts up to 128 tokens with 128-token answers. Decode
 #: matmuls run faster with more rows (on 2 idle cores, 256 real prompts x 128 new tokens: batches of
-#: 92/95/69 rows at 64 x 256 gave 266 tokens/s in fp32 and 449 in bf16; one batch of 256 rows 317
-#: and 526, benchmarks/base_answers.py --budgets); 256 x 256 positions is 3 GB of fp32 cache for SmolLM2
+#: 92/95/69 rows at 64 x 256 gave 244 tokens/s in fp32 and 442 in bf16; one batch of 256 rows 323
+#: and 557, benchmarks/base_answers.py --budgets); 256 x 256 positions is 3 GB of fp32 cache for SmolLM2
 CPU_TOKEN_BUDGET = 256 * 256
 #: share of free accelerator memory (of available RAM on CPU) the KV cache may take
 MEMORY_SHARE = 0.5
