@@ -13,7 +13,8 @@ Prints, for the embedded model (or ``--model``) and real prompts (the unique use
   (``--budgets``) by KV budget on more prompts, in fp32 and bf16;
 * side by side on ``--prompts`` x ``--max-new-tokens``: today's path (``generate_responses``,
   batch 16), ``generate`` at batch 64 with a dynamic and with a static KV cache, the new path
-  (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache), and the
+  (``transformers_backend``: KV budget batches, finished rows leave, preallocated cache, shared
+  prompt prefix computed once), and the
   new path generating in bfloat16 (``--generation-dtype bfloat16``; its own ceiling is printed, from
   a bf16 large matmul), with how many answers equal today's.
 
@@ -190,10 +191,12 @@ def main() -> None:
     print(f"decode ceiling: {gflop:.3f} GFLOP per generated token x one large matmul's {rate:.0f} GFLOP/s "
           f"= {ceiling:.0f} tokens/s")
     _, bf16_rate, bf16_ceiling = decode_ceiling(model, context, torch.bfloat16)
+    # what --generation-dtype bfloat16 makes once per run (transformers_backend's copy), made before any timing
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
     print(f"decode ceiling in bfloat16: one large bf16 matmul's {bf16_rate:.0f} GFLOP/s = {bf16_ceiling:.0f} tokens/s")
     rows = min(64, len(prompts))  # the side-by-side's batch
     rows_rates = {name: weight_matmul_gflops(m, rows)
-                  for name, m in (("fp32", model), ("bf16", copy.deepcopy(model).to(torch.bfloat16)))}
+                  for name, m in (("fp32", model), ("bf16", bf16_model))}
     print(f"at {rows} rows the model's own weight matmuls run at {rows_rates['fp32']:.0f} GFLOP/s in fp32 and "
           f"{rows_rates['bf16']:.0f} in bf16 (weights from memory): {rows_rates['fp32'] / gflop:.0f} and "
           f"{rows_rates['bf16'] / gflop:.0f} tokens/s with nothing else to compute")
@@ -238,24 +241,20 @@ def main() -> None:
         budget_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
                       for p in unique_prompts(args.data, args.budget_prompts)]
         print(f"new path, tokens/s by KV budget ({len(budget_ids)} prompts x {args.max_new_tokens} new tokens):")
-        bf16_copy = copy.deepcopy(model).to(torch.bfloat16)
         for rows in map(int, args.budgets.split(",")):
             plan = plan_batches(list(map(len, budget_ids)), args.max_new_tokens, rows * 256)
             rates = []
-            for dtype_model in (model, bf16_copy):
+            for dtype_model in (model, bf16_model):
                 seconds, out = timed(lambda m=dtype_model, budget=rows * 256: greedy_generate(
                     m, budget_ids, args.max_new_tokens, eos, pad, token_budget=budget))
                 rates.append(sum(map(len, out)) / seconds)
             print(f"  {rows:4d} x 256 positions (batches of {'/'.join(str(len(b)) for b in plan)} rows): "
                   f"fp32 {rates[0]:5.0f} tokens/s, bf16 {rates[1]:5.0f} tokens/s")
-        del bf16_copy
 
     n = args.max_new_tokens
     print(f"side by side: {len(prompts)} prompts x {n} new tokens (KV budget {kv_token_budget(model)} positions)")
     settings = BaseAnswerSettings(max_new_tokens=n)
     backend = transformers_backend(model, tokenizer)
-    # what --generation-dtype bfloat16 makes once per run (transformers_backend's copy), made before timing
-    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
     bf16_backend = transformers_backend(bf16_model, tokenizer)
 
     def generate_64(cache: str):
